@@ -134,10 +134,7 @@ class Trainer:
         cfg = self.cfg
         res = cfg.resources
         if self.use_ray:
-            needed = res.actor.num_cpus + res.rollout.num_cpus * res.rollout.count
-            if cfg.algorithm.kl_coef > 0:
-                needed += res.reference.num_cpus * res.reference.count
-            init_ray(cfg.ray.address, cfg.ray.num_cpus, needed)
+            init_ray(cfg.ray.address, cfg.ray.num_cpus, self._cpus_for_all_roles())
         from trainer.workers.reference import ReferenceWorker
         from trainer.workers.rollout import RolloutWorker
 
@@ -162,6 +159,12 @@ class Trainer:
                 micro_batch_size=cfg.actor.micro_batch_size, threads=cfg.actor.threads,
             )
 
+    def _cpus_for_all_roles(self) -> float:
+        """Logical CPUs a local Ray needs so that every role can be placed at once, in any stage
+        of this process (a DPO stage adds a reference even when kl_coef is 0)."""
+        res = self.cfg.resources
+        return sum(r.num_cpus * r.count for r in (res.actor, res.rollout, res.reference))
+
     def _actor_group(self, model_path: str) -> WorkerGroup:
         from trainer.workers.actor import ActorWorker
 
@@ -183,7 +186,7 @@ class Trainer:
             self.tracker.print(f"[sft] reusing {out_dir}")
             return str(out_dir)
         if self.use_ray:
-            init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus, self.cfg.resources.actor.num_cpus)
+            init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus, self._cpus_for_all_roles())
         self.actor = self._actor_group(self.base_model_path)
         usable = [s for s in self.train_samples if "sft_target" in s.metadata]
         if not usable:

@@ -34,7 +34,7 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
 
 class WorkerGroup:
     def __init__(self, role: str, cls: type, resources: RoleResources, *, use_ray: bool,
-                 env_vars: dict[str, str] | None = None, **init_kwargs: Any):
+                 env_vars: dict[str, str] | None = None, start_timeout_s: float = 900.0, **init_kwargs: Any):
         self.role, self.use_ray = role, use_ray
         if use_ray:
             import ray
@@ -45,7 +45,9 @@ class WorkerGroup:
                 runtime_env={"env_vars": env_vars or {}},
             )
             self.workers = [remote_cls.remote(**init_kwargs) for _ in range(resources.count)]
-            # Surface construction failures here, not at the first call.
+            # Surface construction failures here, not at the first call; and never wait forever for
+            # resources the cluster cannot give.
+            self._wait_placed(resources, start_timeout_s)
             self._get([w.__ray_ready__.remote() for w in self.workers], "start")
         else:
             if resources.count != 1:
@@ -53,6 +55,18 @@ class WorkerGroup:
             for key, value in (env_vars or {}).items():
                 os.environ.setdefault(key, value)
             self.workers = [cls(**init_kwargs)]
+
+    def _wait_placed(self, resources: RoleResources, timeout_s: float) -> None:
+        import ray
+
+        refs = [w.__ray_ready__.remote() for w in self.workers]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            raise WorkerDiedError(
+                f"{self.role} workers not started after {timeout_s:.0f}s: each asks for {resources.num_cpus} CPUs and "
+                f"{resources.num_gpus} GPUs (resources.{self.role}); the cluster has {ray.available_resources()} "
+                f"free of {ray.cluster_resources()}"
+            )
 
     def __len__(self) -> int:
         return len(self.workers)

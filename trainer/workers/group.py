@@ -24,6 +24,12 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
     if ray.is_initialized():
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
+    # Inside a Ray Job (python -m launch submit) RAY_ADDRESS names the cluster: join it.
+    address = address or os.environ.get("RAY_ADDRESS")
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A submitted job already has its runtime env (launch.jobs sets these variables); Ray
+        # refuses a driver env that names the same keys.
+        env = None
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:

@@ -143,7 +143,15 @@ class AlgorithmConfig:
 @dataclass
 class ActorConfig:
     strategy: str = "torch"
-    "Training strategy: torch (plain PyTorch); deepspeed and fsdp2 plug in behind the same interface."
+    "Training strategy: torch (plain PyTorch, one worker) or fsdp2 (data parallel over resources.actor.count workers)."
+    reshard_after_forward: bool = True
+    "fsdp2: free gathered parameters after forward (ZeRO-3 memory) or keep them until backward (ZeRO-2)."
+    mixed_precision: bool = False
+    "fsdp2 on GPU: bf16 parameters in forward/backward, float32 gradient reduction."
+    cpu_offload: bool = False
+    "fsdp2 on GPU: keep sharded parameters and optimiser state in CPU memory."
+    gradient_checkpointing: bool = False
+    "Recompute activations in backward (less memory, about a third more compute)."
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -360,5 +368,10 @@ def validate(cfg: Config) -> None:
     if cfg.resources.actor.count != 1 and cfg.actor.strategy == "torch":
         raise ValueError(
             f"resources.actor.count={cfg.resources.actor.count}: the torch strategy trains on one worker; "
-            "data parallel needs actor.strategy=deepspeed or fsdp2"
+            "data parallel needs actor.strategy=fsdp2"
         )
+    if cfg.actor.strategy not in ("torch", "fsdp2"):
+        raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected 'torch' or 'fsdp2'")
+    if cfg.resources.actor.count > 1 and not cfg.engine.ray:
+        raise ValueError(f"resources.actor.count={cfg.resources.actor.count} needs engine.ray=true: "
+                         "in-process mode runs one worker per role")

@@ -169,11 +169,16 @@ class Trainer:
         from trainer.workers.actor import ActorWorker
 
         cfg = self.cfg
-        return WorkerGroup(
-            "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray,
+        group = WorkerGroup(
+            "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray, ranked=True,
             model_path=model_path, actor=asdict(cfg.actor), algorithm=asdict(cfg.algorithm),
             dtype=cfg.model.dtype, seed=cfg.trainer.seed, max_len=cfg.rollout.max_new_tokens,
         )
+        if cfg.actor.strategy != "torch":
+            # Sharded strategies: rank 0 names the rendezvous, then all ranks join at once.
+            host, port = group.call_one(0, "rendezvous_address")
+            group.call("init_distributed", host, port)
+        return group
 
     # ----- stages -------------------------------------------------------------------------------
     def _cold_start_sft(self) -> str:

@@ -1,8 +1,8 @@
 """Training strategies: how the actor's model is wrapped, stepped and saved.
 
-The actor worker only talks to this interface, so DeepSpeed ZeRO and FSDP2 plug
-in as further classes (data parallel, sharded optimiser state, offload) without
-touching the update loop.
+The actor worker only talks to this interface: `torch` (one worker) here, `fsdp2`
+(data parallel, sharded, in `trainer/engines/fsdp2.py`); DeepSpeed ZeRO plugs in
+the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import torch
 
 class TrainingStrategy(Protocol):
     model: torch.nn.Module
+    world_size: int
+    "Data-parallel ranks; the actor scales each rank's share of the loss by it."
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -36,6 +38,8 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
 
 class TorchStrategy:
     """Plain PyTorch on one device: AdamW, gradient clipping, linear warm-up."""
+
+    world_size = 1
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int):
         self.model = model
@@ -73,12 +77,21 @@ class TorchStrategy:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-STRATEGIES = {"torch": TorchStrategy}
+def _fsdp2(model: torch.nn.Module, **kwargs) -> TrainingStrategy:
+    from trainer.engines.fsdp2 import FSDP2Strategy  # imports torch.distributed pieces only when used
+
+    return FSDP2Strategy(model, **kwargs)
+
+
+STRATEGIES = {"torch": TorchStrategy, "fsdp2": _fsdp2}
+# Options only the sharded strategies understand.
+SHARDED_OPTIONS = ("reshard_after_forward", "mixed_precision", "cpu_offload")
 
 
 def make_strategy(name: str, model: torch.nn.Module, **kwargs) -> TrainingStrategy:
     if name not in STRATEGIES:
-        planned = {"deepspeed", "fsdp2"}
-        hint = " (planned: the scale-out work adds it behind this interface)" if name in planned else ""
+        hint = " (planned: DeepSpeed ZeRO goes behind this interface)" if name == "deepspeed" else ""
         raise ValueError(f"actor.strategy={name!r} is not available{hint}; available: {sorted(STRATEGIES)}")
+    if name == "torch":
+        kwargs = {k: v for k, v in kwargs.items() if k not in SHARDED_OPTIONS}
     return STRATEGIES[name](model, **kwargs)

@@ -23,22 +23,47 @@ def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
 
 
 class ActorWorker:
-    def __init__(self, model_path: str, *, actor: dict, algorithm: dict, dtype: str, seed: int, max_len: int):
+    """One rank of the actor. With `actor.strategy=torch` it trains alone; with a sharded strategy
+    the controller starts `world_size` of them and calls `init_distributed` on all at once, and
+    every method is then called on every rank with the same arguments (results from rank 0)."""
+
+    def __init__(self, model_path: str, *, actor: dict, algorithm: dict, dtype: str, seed: int, max_len: int,
+                 rank: int = 0, world_size: int = 1):
         torch.set_num_threads(int(actor["threads"]))
         torch.manual_seed(seed)
         self.cfg, self.algo, self.seed, self.max_len = actor, algorithm, seed, max_len
+        self.rank, self.world_size = rank, world_size
         self.model = load_causal_lm(model_path, dtype)
+        if actor.get("gradient_checkpointing"):
+            self.model.gradient_checkpointing_enable()
         self.model.train()
         self.frozen = freeze_parameters(self.model, actor.get("freeze") or [])
-        self.strategy = make_strategy(
-            actor["strategy"],
-            self.model,
-            lr=actor["lr"],
-            weight_decay=actor["weight_decay"],
-            betas=actor["betas"],
-            warmup_steps=actor["warmup_steps"],
-        )
+        self.strategy = self._make_strategy() if actor["strategy"] == "torch" else None
         self.updates = 0
+
+    def _make_strategy(self):
+        actor = self.cfg
+        return make_strategy(
+            actor["strategy"], self.model, lr=actor["lr"], weight_decay=actor["weight_decay"], betas=actor["betas"],
+            warmup_steps=actor["warmup_steps"], reshard_after_forward=actor.get("reshard_after_forward", True),
+            mixed_precision=actor.get("mixed_precision", False), cpu_offload=actor.get("cpu_offload", False),
+        )
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        from trainer.engines.distributed import rendezvous_address
+
+        return rendezvous_address()
+
+    def init_distributed(self, host: str, port: int) -> None:
+        from trainer.engines.distributed import init_distributed
+
+        init_distributed(self.rank, self.world_size, host, port)
+        self.strategy = self._make_strategy()
+
+    def _shard(self, n: int) -> tuple[int, int, int]:
+        """This rank's contiguous rows [start, stop) of an n-row mini-batch, and the largest shard size."""
+        size = -(-n // self.world_size)
+        return min(self.rank * size, n), min((self.rank + 1) * size, n), size
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
@@ -67,8 +92,14 @@ class ActorWorker:
                     num_seqs=len(mini_batch),
                     max_len=algo.get("loss_max_len") or self.max_len,
                 )
-                for micro_start in range(0, len(mini_batch), cfg["micro_batch_size"]):
-                    micro = mini_batch.select(slice(micro_start, micro_start + cfg["micro_batch_size"]))
+                # Each rank takes a contiguous shard; all ranks run the same number of micro-batches
+                # (sharded strategies communicate in every backward), padding with zero-weight ones.
+                first, stop, shard_size = self._shard(len(mini_batch))
+                micro_size = cfg["micro_batch_size"]
+                for micro_start in range(first, first + shard_size, micro_size):
+                    rows = slice(micro_start, min(micro_start + micro_size, stop))
+                    weight = 1.0 if rows.start < rows.stop else 0.0
+                    micro = mini_batch.select(rows if weight else slice(0, 1))
                     mask = micro.response_mask
                     logp, entropy = response_logprobs(self.model, micro, temperature, with_entropy=True)
                     token_loss, loss_metrics = policy_loss(
@@ -76,19 +107,27 @@ class ActorWorker:
                         eps_low=algo["eps_low"], eps_high=algo["eps_high"],
                     )
                     loss = aggregate(token_loss, mask, algo["loss_agg"], **totals)
-                    n_tok = float(mask.sum())
+                    n_tok = float(mask.sum()) * weight
                     if kl_fn is not None:
                         kl = kl_fn(logp, micro.ref_logprobs)
                         loss = loss + algo["kl_coef"] * aggregate(kl, mask, algo["loss_agg"], **totals)
-                        sums["kl"] += float((kl.detach() * mask).sum())
-                    self.strategy.backward(loss)
-                    sums["policy_loss"] += float(loss.detach()) 
-                    sums["entropy"] += float((entropy.detach() * mask).sum())
+                        sums["kl"] += float((kl.detach() * mask).sum()) * weight
+                    loss = loss * weight
+                    # Sharded strategies average gradients over ranks; each rank holds 1/world of the sum.
+                    self.strategy.backward(loss * self.world_size if self.world_size > 1 else loss)
+                    sums["policy_loss"] += float(loss.detach())
+                    sums["entropy"] += float((entropy.detach() * mask).sum()) * weight
                     for key, value in loss_metrics.items():
                         sums[key] += float(value) * n_tok
                     tokens_seen += n_tok
                 grad_norms.append(self.strategy.optimizer_step(cfg["grad_clip"]))
         self.updates += 1
+        if self.world_size > 1:
+            from trainer.engines.distributed import all_reduce_sums
+
+            totals = all_reduce_sums({**dict(sorted(sums.items())), "__tokens": tokens_seen})
+            tokens_seen = totals.pop("__tokens")
+            sums = totals
         optimizer_steps = len(grad_norms)
         metrics = {k: v / max(tokens_seen, 1.0) for k, v in sums.items() if k != "policy_loss"}
         metrics["policy_loss"] = sums["policy_loss"] / max(optimizer_steps, 1)
@@ -134,11 +173,18 @@ class ActorWorker:
         out.update(loss=float(loss.detach()), grad_norm=grad_norm)
         return out
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return self.strategy.full_state_dict()
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """Full CPU weights on rank 0 (None on the others); every rank must be called."""
+        state = self.strategy.full_state_dict()
+        return state if self.rank == 0 else None
 
     def save_pretrained(self, out_dir: str) -> None:
-        self.model.save_pretrained(out_dir)
+        if self.world_size == 1 and self.cfg["strategy"] == "torch":
+            self.model.save_pretrained(out_dir)
+            return
+        state = self.strategy.full_state_dict()  # collective
+        if self.rank == 0:
+            self.model.save_pretrained(out_dir, state_dict=state)
 
     def checkpoint_state(self) -> dict:
         return {"strategy": self.strategy.state_dict(), "updates": self.updates}

@@ -40,8 +40,14 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
 
 class WorkerGroup:
     def __init__(self, role: str, cls: type, resources: RoleResources, *, use_ray: bool,
-                 env_vars: dict[str, str] | None = None, start_timeout_s: float = 900.0, **init_kwargs: Any):
+                 env_vars: dict[str, str] | None = None, start_timeout_s: float = 900.0, ranked: bool = False,
+                 **init_kwargs: Any):
+        """`ranked=True` gives each worker `rank` and `world_size` keyword arguments (data-parallel roles)."""
         self.role, self.use_ray = role, use_ray
+
+        def kwargs_for(index: int) -> dict[str, Any]:
+            return {**init_kwargs, "rank": index, "world_size": resources.count} if ranked else init_kwargs
+
         if use_ray:
             import ray
 
@@ -50,7 +56,7 @@ class WorkerGroup:
                 num_gpus=resources.num_gpus,
                 runtime_env={"env_vars": env_vars or {}},
             )
-            self.workers = [remote_cls.remote(**init_kwargs) for _ in range(resources.count)]
+            self.workers = [remote_cls.remote(**kwargs_for(i)) for i in range(resources.count)]
             # Surface construction failures here, not at the first call; and never wait forever for
             # resources the cluster cannot give.
             self._wait_placed(resources, start_timeout_s)
@@ -60,7 +66,7 @@ class WorkerGroup:
                 raise ValueError(f"resources.{role}.count={resources.count}: in-process mode runs one worker per role")
             for key, value in (env_vars or {}).items():
                 os.environ.setdefault(key, value)
-            self.workers = [cls(**init_kwargs)]
+            self.workers = [cls(**kwargs_for(0))]
 
     def _wait_placed(self, resources: RoleResources, timeout_s: float) -> None:
         import ray
@@ -91,6 +97,12 @@ class WorkerGroup:
             return [getattr(self.workers[0], method)(*args, **kwargs)]
         refs = [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
         return self._get(refs, method)
+
+    def call_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call `method` on one worker only."""
+        if not self.use_ray:
+            return getattr(self.workers[index], method)(*args, **kwargs)
+        return self._get([getattr(self.workers[index], method).remote(*args, **kwargs)], method)[0]
 
     def call_async(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Like `call` but returns Ray object refs (in-process: plain results) for chaining."""

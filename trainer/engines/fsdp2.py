@@ -1,0 +1,92 @@
+"""FSDP2 (torch `fully_shard`) data-parallel training strategy.
+
+Parameters, gradients and optimiser state are sharded across the actor workers.
+`reshard_after_forward=True` frees gathered parameters after each forward (ZeRO-3
+memory); False keeps them until backward (ZeRO-2: less communication, more memory).
+Each decoder layer is its own FSDP unit so only one layer is gathered at a time.
+
+Gradients are averaged over ranks by FSDP; the actor scales its per-rank loss by the
+world size, so the result equals one worker training on the whole mini-batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from trainer.engines.strategy import warmup_schedule
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    # HF decoder models keep their blocks in a ModuleList named `layers` (Qwen2, Llama, ...).
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return list(module)
+    return []
+
+
+class FSDP2Strategy:
+    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
+                 reshard_after_forward: bool = True, mixed_precision: bool = False, cpu_offload: bool = False):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        if not dist.is_initialized():
+            raise RuntimeError("actor.strategy=fsdp2 needs a process group: run it with resources.actor.count >= 1 "
+                               "through the trainer, which starts one rank per actor worker")
+        on_gpu = next(model.parameters()).is_cuda
+        self.world_size = dist.get_world_size()
+        mesh = init_device_mesh("cuda" if on_gpu else "cpu", (self.world_size,))
+        options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+        if mixed_precision and on_gpu:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if cpu_offload and on_gpu:
+            options["offload_policy"] = CPUOffloadPolicy()
+        for layer in _decoder_layers(model):
+            fully_shard(layer, **options)
+        fully_shard(model, **options)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, betas=tuple(betas)
+        )
+        self.scheduler = warmup_schedule(self.optimizer, warmup_steps)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self, grad_clip: float) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return float(grad_norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Gathered CPU weights on every rank (a collective: all ranks must call it)."""
+        out = {}
+        for key, value in self.model.state_dict().items():
+            if hasattr(value, "full_tensor"):
+                value = value.full_tensor()
+            out[key] = value.detach().to("cpu", copy=True)
+        return out
+
+    def state_dict(self) -> dict:
+        """Full (unsharded) model and optimiser state, on rank 0; empty on the others. Collective."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model_state, optim_state = get_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return {"model": model_state, "optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Every rank receives the same full state and keeps its shard."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -27,10 +27,12 @@ def test_bpo_modes_share_one_group_per_prompt(tmp_path):
     trainer = make_trainer(
         tmp_path, "rollout.modes=[thinking,non_thinking]", "actor.mini_batch_size=16", "actor.micro_batch_size=16",
         "rollout.mode_prefixes={thinking: '<think>', non_thinking: '<think></think>'}",
+        "tracking.samples_every=2", "tracking.samples_per_log=6",
     )
     try:
         rollouts = trainer.rollout_round(trainer.sampler.next_batch(), seed=5)
         metrics = trainer.step(1)
+        recorded = trainer.sample_rows
     finally:
         trainer.close()
     # 4 prompts x 2 modes x n=2: each prompt's group holds its 2 thinking and 2 non-thinking completions.
@@ -45,6 +47,17 @@ def test_bpo_modes_share_one_group_per_prompt(tmp_path):
         assert text.startswith("<think></think>" if mode == "non_thinking" else "<think>")
     assert metrics["batch/kept_completions"] == 16
     assert {"bpo/thinking/reward_mean", "bpo/non_thinking/reward_mean"} <= set(metrics)
+
+    # Sample table: first completion of each of the 4 prompts, then the second of prompts 0 and 1.
+    expected = [[i for i, g in enumerate(rollouts.group) if g == group][rank] for rank, group in
+                [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]]
+    rows = rollouts.table_rows(6)
+    assert [r["completion"] for r in rows] == [rollouts.texts[i] for i in expected]
+    assert [r["reward"] for r in rows] == [rollouts.scored.scores[i] for i in expected]
+    assert [r["mode"] for r in rows] == [rollouts.modes[i] for i in expected]
+    assert rows[0]["prompt"] == rollouts.samples[0].prompt and rows[0]["ground_truth"] == str(rollouts.samples[0].ground_truth)
+    # step index 1 is the 2nd step: with samples_every=2 the trainer records 6 rows over 4 prompts.
+    assert len(recorded) == 6 and len({r["prompt"] for r in recorded[:4]}) == 4
 
 
 def test_dynamic_sampling_refills_with_varied_groups(tmp_path):

@@ -80,3 +80,19 @@ def test_mode_resolution_and_bad_input(tmp_path):
             tr.log(0, {"text": "hello"})
         with pytest.raises(TypeError, match="'vec'"):
             tr.log(0, {"vec": torch.ones(2)})
+
+
+def test_sample_tables_go_to_jsonl_and_wandb(tmp_path):
+    rows = [{"task": "math", "prompt": "1+1?", "completion": "\\boxed{2}", "reward": 1.0, "correct": True},
+            {"task": "math", "prompt": "2+2?", "completion": "5 €", "reward": 0.0, "correct": False}]
+    with Tracker(tmp_path, project="p", run_name="r", config={}, wandb_mode="offline", console=False) as tr:
+        tr.log(10, {"reward/mean": 0.5})
+        tr.log_samples(10, rows)
+        tr.log_samples(11, [])  # nothing to record: no file lines, no table
+    lines = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert lines == [{"step": 10, **rows[0]}, {"step": 10, **rows[1]}]
+    tables = list((tmp_path / "wandb").glob("offline-run-*/files/media/table/samples_10_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["task", "prompt", "completion", "reward", "correct"]
+    assert table["data"][1] == ["math", "2+2?", "5 €", 0.0, False]

@@ -304,6 +304,10 @@ class WandbConfig:
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     console: bool = True
+    samples_every: int = 10
+    "Every k steps, record sample completions (W&B table `samples` and run_dir/samples.jsonl); 0 disables."
+    samples_per_log: int = 8
+    "Completions per record, spread over the step's prompts."
 
 
 @dataclass

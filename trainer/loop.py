@@ -75,6 +75,7 @@ class Trainer:
             total_steps=cfg.trainer.total_steps,
         )
         self.actor = self.rollout = self.reference = self.simulator = None
+        self.sample_rows: list[dict] = []  # completions to record for the current step
 
     # ----- set-up -------------------------------------------------------------------------------
     def _make_sampler(self):
@@ -303,6 +304,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         cfg, timings = self.cfg, {}
+        self.sample_rows = []
         rollouts, metrics = self.collect(step)
         timings.update(rollouts.seconds)
         if not rollouts.completions:
@@ -316,6 +318,8 @@ class Trainer:
             rewards, group_index, **dict(cfg.algorithm.advantage_params)
         )
         metrics.update(self._rollout_metrics(rollouts, rewards, group_index))
+        every = cfg.tracking.samples_every
+        self.sample_rows = rollouts.table_rows(cfg.tracking.samples_per_log) if every and (step + 1) % every == 0 else []
         if self.weighter is not None:
             advantages, weight_metrics = self._weight_advantages(
                 advantages, rollouts.samples, rollouts.group, rollouts.correct
@@ -483,6 +487,7 @@ class Trainer:
             if cfg.trainer.eval_every and done % cfg.trainer.eval_every == 0 and done < cfg.trainer.total_steps:
                 metrics.update(self.evaluate())
             self.tracker.log(done, metrics)
+            self.tracker.log_samples(done, self.sample_rows)
             if done == cfg.trainer.total_steps or (cfg.trainer.save_every and done % cfg.trainer.save_every == 0):
                 self.save(done, summary)
         if "eval_after" not in summary or summary.get("eval_after_step") != cfg.trainer.total_steps:

@@ -27,6 +27,21 @@ class Rollouts:
     seconds: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
     "Wall time spent generating and scoring these rollouts (summed over dynamic-sampling rounds)."
 
+    def table_rows(self, limit: int) -> list[dict]:
+        """Up to `limit` completions for inspection, one prompt after another (first completion of
+        every prompt, then second ones, ...), each with its prompt, answer key and score."""
+        order = sorted(range(len(self.completions)), key=lambda i: (self.group[:i].count(self.group[i]), i))
+        rows = []
+        for i in order[:limit]:
+            sample = self.samples[self.group[i]]
+            prompt = sample.prompt if sample.prompt is not None else (sample.messages or [{}])[-1].get("content", "")
+            rows.append({
+                "task": sample.task, "prompt": str(prompt), "completion": self.texts[i],
+                "ground_truth": str(sample.ground_truth), "reward": float(self.scored.scores[i]),
+                "correct": bool(self.correct[i]), "mode": self.modes[i] if self.modes else "",
+            })
+        return rows
+
     def varied_groups(self) -> list[int]:
         """Groups whose scores are not all equal (the only ones with a GRPO gradient), in order."""
         scores: dict[int, set[float]] = {}

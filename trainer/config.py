@@ -143,13 +143,15 @@ class AlgorithmConfig:
 @dataclass
 class ActorConfig:
     strategy: str = "torch"
-    "Training strategy: torch (plain PyTorch, one worker) or fsdp2 (data parallel over resources.actor.count workers)."
+    "torch (plain PyTorch, one worker); data parallel over resources.actor.count workers: fsdp2 or deepspeed."
+    zero_stage: int = 2
+    "deepspeed: 1 (optimiser state sharded), 2 (+ gradients) or 3 (+ parameters)."
     reshard_after_forward: bool = True
     "fsdp2: free gathered parameters after forward (ZeRO-3 memory) or keep them until backward (ZeRO-2)."
     mixed_precision: bool = False
-    "fsdp2 on GPU: bf16 parameters in forward/backward, float32 gradient reduction."
+    "fsdp2 / deepspeed on GPU: bf16 compute (fsdp2 reduces gradients in float32)."
     cpu_offload: bool = False
-    "fsdp2 on GPU: keep sharded parameters and optimiser state in CPU memory."
+    "fsdp2 / deepspeed on GPU: keep optimiser state (and, fsdp2 / ZeRO-3, parameters) in CPU memory."
     gradient_checkpointing: bool = False
     "Recompute activations in backward (less memory, about a third more compute)."
     lr: float = 2e-4
@@ -372,10 +374,12 @@ def validate(cfg: Config) -> None:
     if cfg.resources.actor.count != 1 and cfg.actor.strategy == "torch":
         raise ValueError(
             f"resources.actor.count={cfg.resources.actor.count}: the torch strategy trains on one worker; "
-            "data parallel needs actor.strategy=fsdp2"
+            "data parallel needs actor.strategy=fsdp2 or deepspeed"
         )
-    if cfg.actor.strategy not in ("torch", "fsdp2"):
-        raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected 'torch' or 'fsdp2'")
+    if cfg.actor.strategy not in ("torch", "fsdp2", "deepspeed"):
+        raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected torch, fsdp2 or deepspeed")
+    if cfg.actor.zero_stage not in (1, 2, 3):
+        raise ValueError(f"actor.zero_stage={cfg.actor.zero_stage}: expected 1, 2 or 3")
     if cfg.resources.actor.count > 1 and not cfg.engine.ray:
         raise ValueError(f"resources.actor.count={cfg.resources.actor.count} needs engine.ray=true: "
                          "in-process mode runs one worker per role")

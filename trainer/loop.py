@@ -442,8 +442,10 @@ class Trainer:
 
     # ----- checkpoints --------------------------------------------------------------------------
     def save(self, step: int, summary: dict) -> None:
+        actor_states = self.actor.call("checkpoint_state")
         state = {
-            "actor": self.actor.call("checkpoint_state")[0],
+            "actor": actor_states[0],
+            "actor_ranks": actor_states[1:],
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(),
             "summary": summary,
@@ -453,7 +455,7 @@ class Trainer:
 
     def restore(self, path: Path) -> tuple[int, dict]:
         state = load_checkpoint(path)
-        self.actor.call("load_checkpoint_state", state["actor"])
+        self.actor.call("load_checkpoint_state", state["actor"], state.get("actor_ranks"))
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         if self.weighter is not None and state.get("weighter"):

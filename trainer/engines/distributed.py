@@ -6,6 +6,7 @@ Rank 0 picks the rendezvous address on its own node; every rank then joins with
 
 from __future__ import annotations
 
+import os
 import socket
 
 import torch
@@ -33,6 +34,14 @@ def init_distributed(rank: int, world_size: int, host: str, port: int, timeout_s
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_s))
+    # What torchrun would set; DeepSpeed reads them.
+    hosts: list[str | None] = [None] * world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    same_node = [r for r, h in enumerate(hosts) if h == hosts[rank]]
+    # Ray gives each GPU worker its own CUDA_VISIBLE_DEVICES, so its device is always cuda:0.
+    local_rank = 0 if torch.cuda.is_available() else same_node.index(rank)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+                      LOCAL_WORLD_SIZE=str(len(same_node)), MASTER_ADDR=host, MASTER_PORT=str(port))
 
 
 def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:

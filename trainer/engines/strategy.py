@@ -1,8 +1,7 @@
 """Training strategies: how the actor's model is wrapped, stepped and saved.
 
-The actor worker only talks to this interface: `torch` (one worker) here, `fsdp2`
-(data parallel, sharded, in `trainer/engines/fsdp2.py`); DeepSpeed ZeRO plugs in
-the same way.
+The actor worker only talks to this interface: `torch` (one worker) here; the data
+parallel, sharded ones in `fsdp2.py` (torch FSDP2) and `deepspeed_zero.py` (ZeRO-1/2/3).
 """
 
 from __future__ import annotations
@@ -83,15 +82,24 @@ def _fsdp2(model: torch.nn.Module, **kwargs) -> TrainingStrategy:
     return FSDP2Strategy(model, **kwargs)
 
 
-STRATEGIES = {"torch": TorchStrategy, "fsdp2": _fsdp2}
-# Options only the sharded strategies understand.
-SHARDED_OPTIONS = ("reshard_after_forward", "mixed_precision", "cpu_offload")
+def _deepspeed(model: torch.nn.Module, **kwargs) -> TrainingStrategy:
+    from trainer.engines.deepspeed_zero import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(model, **kwargs)
+
+
+STRATEGIES = {"torch": TorchStrategy, "fsdp2": _fsdp2, "deepspeed": _deepspeed}
+# Options each strategy understands beyond lr, weight_decay, betas and warmup_steps.
+STRATEGY_OPTIONS = {
+    "torch": (),
+    "fsdp2": ("reshard_after_forward", "mixed_precision", "cpu_offload"),
+    "deepspeed": ("zero_stage", "grad_clip", "mixed_precision", "cpu_offload"),
+}
+COMMON = ("lr", "weight_decay", "betas", "warmup_steps")
 
 
 def make_strategy(name: str, model: torch.nn.Module, **kwargs) -> TrainingStrategy:
     if name not in STRATEGIES:
-        hint = " (planned: DeepSpeed ZeRO goes behind this interface)" if name == "deepspeed" else ""
-        raise ValueError(f"actor.strategy={name!r} is not available{hint}; available: {sorted(STRATEGIES)}")
-    if name == "torch":
-        kwargs = {k: v for k, v in kwargs.items() if k not in SHARDED_OPTIONS}
-    return STRATEGIES[name](model, **kwargs)
+        raise ValueError(f"actor.strategy={name!r} is not available; available: {sorted(STRATEGIES)}")
+    allowed = COMMON + STRATEGY_OPTIONS[name]
+    return STRATEGIES[name](model, **{k: v for k, v in kwargs.items() if k in allowed})

@@ -47,6 +47,7 @@ class ActorWorker:
             actor["strategy"], self.model, lr=actor["lr"], weight_decay=actor["weight_decay"], betas=actor["betas"],
             warmup_steps=actor["warmup_steps"], reshard_after_forward=actor.get("reshard_after_forward", True),
             mixed_precision=actor.get("mixed_precision", False), cpu_offload=actor.get("cpu_offload", False),
+            zero_stage=actor.get("zero_stage", 2), grad_clip=actor["grad_clip"],
         )
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -60,6 +61,11 @@ class ActorWorker:
         init_distributed(self.rank, self.world_size, host, port)
         self.strategy = self._make_strategy()
 
+    @property
+    def forward_model(self) -> torch.nn.Module:
+        """What forward passes go through: the HF model, or DeepSpeed's engine around it."""
+        return self.strategy.model if self.strategy is not None else self.model
+
     def _shard(self, n: int) -> tuple[int, int, int]:
         """This rank's contiguous rows [start, stop) of an n-row mini-batch, and the largest shard size."""
         size = -(-n // self.world_size)
@@ -70,7 +76,7 @@ class ActorWorker:
         out = []
         for start in range(0, len(batch), self.cfg["micro_batch_size"]):
             part = batch.select(slice(start, start + self.cfg["micro_batch_size"]))
-            logp, _ = response_logprobs(self.model, part, temperature)
+            logp, _ = response_logprobs(self.forward_model, part, temperature)
             out.append(torch.nn.functional.pad(logp.cpu(), (0, batch.response_mask.shape[1] - logp.shape[1])))
         return torch.cat(out)
 
@@ -101,7 +107,7 @@ class ActorWorker:
                     weight = 1.0 if rows.start < rows.stop else 0.0
                     micro = mini_batch.select(rows if weight else slice(0, 1))
                     mask = micro.response_mask
-                    logp, entropy = response_logprobs(self.model, micro, temperature, with_entropy=True)
+                    logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True)
                     token_loss, loss_metrics = policy_loss(
                         logp, micro.old_logprobs, micro.advantages, mask,
                         eps_low=algo["eps_low"], eps_high=algo["eps_high"],
@@ -138,20 +144,37 @@ class ActorWorker:
 
     def sft(self, prompts: list[list[int]], targets: list[list[int]], *, steps: int, batch_size: int,
             lr: float, weight_decay: float, pad_id: int, log_every: int = 50) -> list[tuple[int, float]]:
-        """Cold-start SFT: maximise the log-prob of each target given its prompt. Returns (step, loss) points."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        """Cold-start SFT: maximise the log-prob of each target given its prompt. Returns (step, loss) points.
+
+        Every rank trains on the same batch, so sharded strategies give the single-worker result."""
+        if self.cfg["strategy"] == "torch":
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+
+            def backward_and_step(loss: torch.Tensor) -> None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:
+            # Sharded parameters: train through the strategy, at the SFT learning rate. The RL stage
+            # starts a fresh actor from the saved SFT model, so this optimiser state is not reused.
+            for group in self.strategy.optimizer.param_groups:
+                group.update(lr=lr, weight_decay=weight_decay)
+
+            def backward_and_step(loss: torch.Tensor) -> None:
+                self.strategy.backward(loss)
+                self.strategy.optimizer_step(self.cfg["grad_clip"])
+                for group in self.strategy.optimizer.param_groups:
+                    group["lr"] = lr  # undo the RL warm-up schedule
         generator = torch.Generator().manual_seed(self.seed)
         curve, running = [], []
         for step in range(steps):
             rows = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()
             batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id)
-            logp, _ = response_logprobs(self.model, batch, temperature=1.0)
+            logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0)
             loss = -(logp * batch.response_mask).sum() / batch.response_mask.sum()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_and_step(loss)
             running.append(float(loss.detach()))
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 curve.append((step + 1, sum(running) / len(running)))
@@ -161,8 +184,8 @@ class ActorWorker:
     def dpo_step(self, chosen: TrainBatch, rejected: TrainBatch, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                  *, beta: float, nll_coef: float) -> dict[str, float]:
         """One optimiser step of DPO (+ NLL on the chosen responses); reference inputs are sequence log-probs."""
-        chosen_logp, _ = response_logprobs(self.model, chosen, temperature=1.0)
-        rejected_logp, _ = response_logprobs(self.model, rejected, temperature=1.0)
+        chosen_logp, _ = response_logprobs(self.forward_model, chosen, temperature=1.0)
+        rejected_logp, _ = response_logprobs(self.forward_model, rejected, temperature=1.0)
         loss, metrics = dpo_nll_loss(
             (chosen_logp * chosen.response_mask).sum(-1), (rejected_logp * rejected.response_mask).sum(-1),
             ref_chosen, ref_rejected, chosen_logp, chosen.response_mask, nll_coef=nll_coef, beta=beta,
@@ -189,6 +212,14 @@ class ActorWorker:
     def checkpoint_state(self) -> dict:
         return {"strategy": self.strategy.state_dict(), "updates": self.updates}
 
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.strategy.load_state_dict(state["strategy"])
+    def load_checkpoint_state(self, state: dict, other_ranks: list[dict] | None = None) -> None:
+        """`state` is rank 0's checkpoint state, `other_ranks` the rest (DeepSpeed keeps one per rank)."""
+        states = [state, *(other_ranks or [])]
+        if getattr(self.strategy, "per_rank_state", False):
+            if len(states) != self.world_size:
+                raise ValueError(f"the checkpoint holds {len(states)} actor ranks; this run has {self.world_size}: "
+                                 "resume a deepspeed run with the same resources.actor.count")
+            self.strategy.load_state_dict(states[self.rank]["strategy"], rank0_state=states[0]["strategy"])
+        else:
+            self.strategy.load_state_dict(state["strategy"])
         self.updates = state["updates"]

@@ -1,0 +1,107 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 data-parallel training strategy.
+
+Gradient accumulation is left to the actor (DeepSpeed's unmanaged mode: `backward` only
+accumulates, `step` reduces and updates), so mini- and micro-batching mean the same as with
+the other strategies. DeepSpeed averages gradients over ranks; the actor scales its share of
+the loss by the world size.
+
+Checkpoints use DeepSpeed's own format (each rank's optimiser partition in its own file), carried
+in memory so the controller writes them atomically with the rest of its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainer.engines.strategy import warmup_schedule
+
+TAG = "state"
+
+
+class DeepSpeedStrategy:
+    per_rank_state = True
+    "Checkpoint state differs per rank: restore gives each rank its own."
+
+    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
+                 zero_stage: int = 2, grad_clip: float = 1.0, mixed_precision: bool = False, cpu_offload: bool = False):
+        if zero_stage not in (1, 2, 3):
+            raise ValueError(f"actor.zero_stage={zero_stage}: expected 1, 2 or 3")
+        if not dist.is_initialized():
+            raise RuntimeError("actor.strategy=deepspeed needs a process group: run it with resources.actor.count >= 1 "
+                               "through the trainer, which starts one rank per actor worker")
+        on_gpu = next(model.parameters()).is_cuda
+        if not on_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+        self.world_size, self.zero_stage, self.grad_clip = dist.get_world_size(), zero_stage, grad_clip
+        zero: dict = {"stage": zero_stage}
+        if cpu_offload and on_gpu:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+            if zero_stage == 3:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        config = {
+            # Batch sizes are the actor's business; these only satisfy DeepSpeed's bookkeeping.
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": grad_clip if grad_clip > 0 else 0.0,
+            "zero_optimization": zero,
+            "bf16": {"enabled": bool(mixed_precision and on_gpu)},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**12,
+        }
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                      weight_decay=weight_decay, betas=tuple(betas))
+        scheduler = warmup_schedule(optimizer, warmup_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False,
+        )
+        self.model = self.engine  # forward through the engine: ZeRO-3 gathers parameters in its hooks
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def optimizer_step(self, grad_clip: float) -> float:
+        if grad_clip != self.grad_clip:
+            raise ValueError(f"deepspeed clips at the norm it was built with ({self.grad_clip}), not {grad_clip}")
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Gathered CPU weights on every rank (a collective under ZeRO-3)."""
+        module = self.engine.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        """This rank's DeepSpeed checkpoint files, as bytes. Collective."""
+        with tempfile.TemporaryDirectory(prefix="ds-ckpt-") as tmp:
+            self.engine.save_checkpoint(tmp, tag=TAG, save_latest=False)
+            folder = Path(tmp) / TAG
+            files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.exists() else {}
+        return {"deepspeed_files": files, "rank": dist.get_rank()}
+
+    def load_state_dict(self, state: dict, rank0_state: dict | None = None) -> None:
+        """Restore from this rank's files plus rank 0's (which holds the module states)."""
+        with tempfile.TemporaryDirectory(prefix="ds-ckpt-") as tmp:
+            folder = Path(tmp) / TAG
+            folder.mkdir()
+            for source in (rank0_state or {}, state):
+                for name, data in source.get("deepspeed_files", {}).items():
+                    (folder / name).write_bytes(data)
+            path, _ = self.engine.load_checkpoint(tmp, tag=TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed found no checkpoint in the state given to rank {dist.get_rank()}")

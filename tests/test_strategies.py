@@ -153,3 +153,22 @@ def test_unknown_strategy_lists_the_available_ones(tiny_model_dir):
 
     with pytest.raises(ValueError, match="available: \\['deepspeed', 'fsdp2', 'torch'\\]"):
         make_strategy("zero9", load_causal_lm(tiny_model_dir), lr=1e-3)
+
+
+@pytest.mark.slow
+def test_cold_start_sft_through_zero3_matches_plain(tiny_model_dir):
+    prompts = [[2, 3, 11, 4], [5, 11, 6], [7, 8, 11, 9, 4]]
+    targets = [[15, 7, 8, 14], [15, 9, 14], [15, 1, 2, 3, 14]]
+    args = dict(steps=4, batch_size=4, lr=1e-2, weight_decay=0.0, pad_id=0, log_every=1)
+    plain_curve = ActorWorker(tiny_model_dir, **configs("torch")).sft(prompts, targets, **args)
+    init_ray(None, None, 2)
+    group = sharded_group(tiny_model_dir, "deepspeed", zero_stage=3)
+    try:
+        curves = group.call("sft", prompts, targets, **args)
+    finally:
+        group.shutdown()
+    assert [step for step, _ in curves[0]] == [1, 2, 3, 4]
+    assert curves[0] == curves[1]
+    for (_, got), (_, want) in zip(curves[0], plain_curve):
+        assert got == pytest.approx(want, rel=1e-4)
+    assert plain_curve[-1][1] < plain_curve[0][1]  # it learns

@@ -261,6 +261,8 @@ class ResourcesConfig:
     rollout: RoleResources = field(default_factory=RoleResources)
     actor: RoleResources = field(default_factory=RoleResources)
     reference: RoleResources = field(default_factory=RoleResources)
+    placement: str = "split"
+    "Ray placement groups: split (a packed group per role), colocate (worker i of each role in bundle i; see placement.py) or none."
 
 
 @dataclass
@@ -378,6 +380,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.actor.strategy not in ("torch", "fsdp2", "deepspeed"):
         raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected torch, fsdp2 or deepspeed")
+    if cfg.resources.placement not in ("split", "colocate", "none"):
+        raise ValueError(f"resources.placement={cfg.resources.placement!r}: expected split, colocate or none")
     if cfg.actor.zero_stage not in (1, 2, 3):
         raise ValueError(f"actor.zero_stage={cfg.actor.zero_stage}: expected 1, 2 or 3")
     if cfg.resources.actor.count > 1 and not cfg.engine.ray:

@@ -76,6 +76,10 @@ class Trainer:
         )
         self.actor = self.rollout = self.reference = self.simulator = None
         self.sample_rows: list[dict] = []  # completions to record for the current step
+        self.placement = None  # role -> placement-group seats, once Ray is up
+        res = cfg.resources
+        # Colocated on GPUs, the rollout engine frees its memory while the actor trains.
+        self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
 
     # ----- set-up -------------------------------------------------------------------------------
     def _make_sampler(self):
@@ -143,22 +147,34 @@ class Trainer:
         if self.actor is None:
             self.actor = self._actor_group(policy_path)
         self.rollout = WorkerGroup(
-            "rollout", RolloutWorker, res.rollout, use_ray=self.use_ray,
+            "rollout", RolloutWorker, res.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
             env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
             model_path=policy_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype, seed=cfg.trainer.seed,
             threads=cfg.rollout.threads,
             **({"max_model_len": self.max_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
                 "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-                "max_num_seqs": cfg.rollout.max_num_seqs} if cfg.rollout.engine == "vllm" else {}),
+                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps}
+               if cfg.rollout.engine == "vllm" else {}),
         )
         if cfg.rollout.multiturn.turns > 1:
             self.simulator = PatientSimulator(cfg.rollout.multiturn, policy_path)
         if cfg.algorithm.kl_coef > 0:
             self.reference = WorkerGroup(
-                "reference", ReferenceWorker, res.reference, use_ray=self.use_ray,
+                "reference", ReferenceWorker, res.reference, use_ray=self.use_ray, slots=self._slots("reference"),
                 model_path=policy_path, dtype=cfg.model.dtype,
                 micro_batch_size=cfg.actor.micro_batch_size, threads=cfg.actor.threads,
             )
+
+    def _slots(self, role: str) -> list | None:
+        """This role's placement-group seats (resources.placement), planned once for all roles."""
+        if not self.use_ray:
+            return None
+        if self.placement is None:
+            from trainer.workers.placement import plan_placement
+
+            roles = ["actor", "rollout"] + (["reference"] if self.cfg.algorithm.kl_coef > 0 else [])
+            self.placement = plan_placement(self.cfg.resources, roles)
+        return self.placement.get(role)
 
     def _cpus_for_all_roles(self) -> float:
         """Logical CPUs a local Ray needs so that every role can be placed at once, in any stage
@@ -171,7 +187,7 @@ class Trainer:
 
         cfg = self.cfg
         group = WorkerGroup(
-            "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray, ranked=True,
+            "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray, ranked=True, slots=self._slots("actor"),
             model_path=model_path, actor=asdict(cfg.actor), algorithm=asdict(cfg.algorithm),
             dtype=cfg.model.dtype, seed=cfg.trainer.seed, max_len=cfg.rollout.max_new_tokens,
         )
@@ -342,6 +358,8 @@ class Trainer:
             batch.rollout_logprobs = TrainBatch.per_token([completions[i].logprobs for i in keep], width)
             temperature = cfg.rollout.temperature
 
+            if self.rollout_sleeps:
+                self.rollout.call("sleep")
             clock = time.time()
             batch.old_logprobs = self.actor.call("log_probs", batch, temperature)[0]
             timings["old_logprobs"] = time.time() - clock
@@ -415,6 +433,8 @@ class Trainer:
     def sync_weights(self) -> None:
         """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
         weights = self.actor.call_async("weights")[0]
+        if self.rollout_sleeps:
+            self.rollout.call("wake_up")
         self.rollout.call("load_weights", weights)
 
     # ----- evaluation ---------------------------------------------------------------------------
@@ -524,6 +544,11 @@ class Trainer:
         for group in (self.rollout, self.reference, self.actor):
             if group is not None:
                 group.shutdown()
+        if self.placement:
+            from trainer.workers.placement import remove_placement
+
+            remove_placement(self.placement)
+            self.placement = None
 
 
 def train(cfg: Config) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainer.engines.strategy import warmup_schedule
+from trainer.engines.strategy import adamw, warmup_schedule
 
 TAG = "state"
 
@@ -57,8 +57,7 @@ class DeepSpeedStrategy:
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**12,
         }
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                      weight_decay=weight_decay, betas=tuple(betas))
+        optimizer = adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
         scheduler = warmup_schedule(optimizer, warmup_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False,

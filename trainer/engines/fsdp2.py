@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from trainer.engines.strategy import warmup_schedule
+from trainer.engines.strategy import TorchStrategy
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -25,7 +25,9 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
-class FSDP2Strategy:
+class FSDP2Strategy(TorchStrategy):
+    """The plain strategy's optimiser and step over a model sharded with `fully_shard`."""
+
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
                  reshard_after_forward: bool = True, mixed_precision: bool = False, cpu_offload: bool = False):
         from torch.distributed.device_mesh import init_device_mesh
@@ -35,8 +37,7 @@ class FSDP2Strategy:
             raise RuntimeError("actor.strategy=fsdp2 needs a process group: run it with resources.actor.count >= 1 "
                                "through the trainer, which starts one rank per actor worker")
         on_gpu = next(model.parameters()).is_cuda
-        self.world_size = dist.get_world_size()
-        mesh = init_device_mesh("cuda" if on_gpu else "cpu", (self.world_size,))
+        mesh = init_device_mesh("cuda" if on_gpu else "cpu", (dist.get_world_size(),))
         options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
         if mixed_precision and on_gpu:
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -45,25 +46,8 @@ class FSDP2Strategy:
         for layer in _decoder_layers(model):
             fully_shard(layer, **options)
         fully_shard(model, **options)
-        self.model = model
-        self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, betas=tuple(betas)
-        )
-        self.scheduler = warmup_schedule(self.optimizer, warmup_steps)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def optimizer_step(self, grad_clip: float) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = grad_clip if grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return float(grad_norm)
+        super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps)
+        self.world_size = dist.get_world_size()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Gathered CPU weights on every rank (a collective: all ranks must call it)."""

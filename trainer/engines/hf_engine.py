@@ -69,6 +69,12 @@ class HFEngine:
             logits = logits / temperature
         return logprobs_from_logits(logits, sequences[:, prompt_length:])
 
+    def sleep(self) -> None:
+        """Nothing to free: the HF engine keeps no cache between calls."""
+
+    def wake_up(self) -> None:
+        pass
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
 

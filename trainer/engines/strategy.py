@@ -35,6 +35,12 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
     )
 
 
+def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float, betas) -> torch.optim.AdamW:
+    # Frozen parameters (actor.freeze) stay out of the optimiser, so they stay bit-identical.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+
 class TorchStrategy:
     """Plain PyTorch on one device: AdamW, gradient clipping, linear warm-up."""
 
@@ -42,10 +48,7 @@ class TorchStrategy:
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int):
         self.model = model
-        # Frozen parameters (actor.freeze) stay out of the optimiser, so they stay bit-identical.
-        self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay, betas=tuple(betas)
-        )
+        self.optimizer = adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
         self.scheduler = warmup_schedule(self.optimizer, warmup_steps)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -55,6 +58,8 @@ class TorchStrategy:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = grad_clip if grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded parameters (FSDP2) give a sharded norm
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

@@ -37,6 +37,7 @@ class VLLMEngine:
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         max_num_seqs: int = 256,
+        sleep_mode: bool = False,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -58,11 +59,23 @@ class VLLMEngine:
             # Log-probs after temperature scaling, matching the actor's recomputation.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=False,
+            # Sleep mode needs CUDA's memory pool; the CPU build has no use for it.
+            enable_sleep_mode=sleep_mode and torch.cuda.is_available(),
         )
+        self.sleep_mode = sleep_mode and torch.cuda.is_available()
         # Per-request seeds make sampling independent of batching, but vLLM's CPU path fails on them
         # once a prompt batch is prefilled in chunks ("CPU Generator does not use offset"); on CPU the
         # engine's own seeded generator is used instead (a rerun from scratch still samples the same).
         self.per_request_seeds = torch.cuda.is_available()
+
+    def sleep(self) -> None:
+        if self.sleep_mode:
+            # Level 1: weights go to CPU memory, the KV cache is dropped; new weights arrive after wake-up.
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
 
     def generate(
         self, prompts: list[list[int]], spec: SamplingSpec, indices: list[int] | None = None

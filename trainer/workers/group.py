@@ -41,8 +41,9 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
 class WorkerGroup:
     def __init__(self, role: str, cls: type, resources: RoleResources, *, use_ray: bool,
                  env_vars: dict[str, str] | None = None, start_timeout_s: float = 900.0, ranked: bool = False,
-                 **init_kwargs: Any):
-        """`ranked=True` gives each worker `rank` and `world_size` keyword arguments (data-parallel roles)."""
+                 slots: list | None = None, **init_kwargs: Any):
+        """`ranked=True` gives each worker `rank` and `world_size` keyword arguments (data-parallel roles);
+        `slots` (from trainer.workers.placement) seats worker i in a placement group bundle."""
         self.role, self.use_ray = role, use_ray
 
         def kwargs_for(index: int) -> dict[str, Any]:
@@ -51,12 +52,11 @@ class WorkerGroup:
         if use_ray:
             import ray
 
-            remote_cls = ray.remote(cls).options(
-                num_cpus=resources.num_cpus,
-                num_gpus=resources.num_gpus,
-                runtime_env={"env_vars": env_vars or {}},
-            )
-            self.workers = [remote_cls.remote(**kwargs_for(i)) for i in range(resources.count)]
+            actor_cls = ray.remote(cls)
+            options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                           runtime_env={"env_vars": env_vars or {}})
+            self.workers = [actor_cls.options(**options, **self._seat(slots, i)).remote(**kwargs_for(i))
+                            for i in range(resources.count)]
             # Surface construction failures here, not at the first call; and never wait forever for
             # resources the cluster cannot give.
             self._wait_placed(resources, start_timeout_s)
@@ -67,6 +67,15 @@ class WorkerGroup:
             for key, value in (env_vars or {}).items():
                 os.environ.setdefault(key, value)
             self.workers = [cls(**kwargs_for(0))]
+
+    @staticmethod
+    def _seat(slots: list | None, index: int) -> dict:
+        if not slots:
+            return {}
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=slots[index].group, placement_group_bundle_index=slots[index].bundle)}
 
     def _wait_placed(self, resources: RoleResources, timeout_s: float) -> None:
         import ray

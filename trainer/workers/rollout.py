@@ -29,5 +29,12 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
 
+    def sleep(self) -> None:
+        """Free the engine's GPU memory while the actor trains (colocated placement)."""
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def weights(self) -> dict[str, torch.Tensor]:
         return self.engine.weights()

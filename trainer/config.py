@@ -97,6 +97,8 @@ class RolloutConfig:
     "Generation limit for greedy evaluation."
     kv_cache_gib: int = 1
     "vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    weight_sync: str = "object_store"
+    "How new weights reach the engines: object_store (Ray, in memory) or collective (a gloo/NCCL broadcast from actor rank 0)."
     gpu_memory_utilization: float = 0.5
     "vLLM GPU: share of GPU memory for weights and KV cache."
     max_num_seqs: int = 256
@@ -380,6 +382,10 @@ def validate(cfg: Config) -> None:
         )
     if cfg.actor.strategy not in ("torch", "fsdp2", "deepspeed"):
         raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected torch, fsdp2 or deepspeed")
+    if cfg.rollout.weight_sync not in ("object_store", "collective"):
+        raise ValueError(f"rollout.weight_sync={cfg.rollout.weight_sync!r}: expected object_store or collective")
+    if cfg.rollout.weight_sync == "collective" and not cfg.engine.ray:
+        raise ValueError("rollout.weight_sync=collective needs engine.ray=true: the broadcast runs between worker processes")
     if cfg.resources.placement not in ("split", "colocate", "none"):
         raise ValueError(f"resources.placement={cfg.resources.placement!r}: expected split, colocate or none")
     if cfg.actor.zero_stage not in (1, 2, 3):

@@ -77,6 +77,7 @@ class Trainer:
         self.actor = self.rollout = self.reference = self.simulator = None
         self.sample_rows: list[dict] = []  # completions to record for the current step
         self.placement = None  # role -> placement-group seats, once Ray is up
+        self.weight_layout = None  # tensor layout of the actor->rollout broadcast (rollout.weight_sync=collective)
         res = cfg.resources
         # Colocated on GPUs, the rollout engine frees its memory while the actor trains.
         self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
@@ -156,6 +157,8 @@ class Trainer:
                 "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps}
                if cfg.rollout.engine == "vllm" else {}),
         )
+        if cfg.rollout.weight_sync == "collective":
+            self._open_weight_sync()
         if cfg.rollout.multiturn.turns > 1:
             self.simulator = PatientSimulator(cfg.rollout.multiturn, policy_path)
         if cfg.algorithm.kl_coef > 0:
@@ -430,11 +433,26 @@ class Trainer:
             metrics.update(mode_metrics(rewards, lengths, rollouts.modes))
         return metrics
 
+    def _open_weight_sync(self) -> None:
+        """Actor rank 0 and the rollout engines join one broadcast group (rollout.weight_sync=collective)."""
+        host, port = self.actor.call_one(0, "rendezvous_address")
+        size = 1 + len(self.rollout)
+        sender = self.actor.call_async("open_weight_sync", host, port, size)
+        receivers = self.rollout.call_each_async("open_weight_sync", [(host, port, i + 1, size) for i in range(size - 1)])
+        self.weight_layout = self.actor.wait(sender, "open_weight_sync")[0]
+        self.rollout.wait(receivers, "open_weight_sync")
+
     def sync_weights(self) -> None:
         """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
-        weights = self.actor.call_async("weights")[0]
         if self.rollout_sleeps:
             self.rollout.call("wake_up")
+        if self.weight_layout is not None:
+            sent = self.actor.call_async("broadcast_weights")
+            received = self.rollout.call_async("receive_weights", self.weight_layout)
+            self.actor.wait(sent, "broadcast_weights")
+            self.rollout.wait(received, "receive_weights")
+            return
+        weights = self.actor.call_async("weights")[0]
         self.rollout.call("load_weights", weights)
 
     # ----- evaluation ---------------------------------------------------------------------------

@@ -201,6 +201,21 @@ class ActorWorker:
         state = self.strategy.full_state_dict()
         return state if self.rank == 0 else None
 
+    def open_weight_sync(self, host: str, port: int, world_size: int) -> list:
+        """Rank 0 joins the actor->rollout sync group as its sender; returns the tensor layout to send."""
+        from trainer.engines.weight_sync import SyncGroup, describe
+
+        layout = describe(self.strategy.full_state_dict())  # collective for sharded strategies
+        if self.rank == 0:
+            self.sync_group = SyncGroup(host, port, rank=0, world_size=world_size)
+        return layout
+
+    def broadcast_weights(self) -> None:
+        """Every rank gathers (sharded strategies need all); rank 0 sends to the rollout engines."""
+        state = self.strategy.full_state_dict()
+        if self.rank == 0:
+            self.sync_group.send(state)
+
     def save_pretrained(self, out_dir: str) -> None:
         if self.world_size == 1 and self.cfg["strategy"] == "torch":
             self.model.save_pretrained(out_dir)

@@ -119,6 +119,14 @@ class WorkerGroup:
             return [getattr(self.workers[0], method)(*args, **kwargs)]
         return [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
 
+    def call_each_async(self, method: str, per_worker: list[tuple]) -> list:
+        """Start `method` on each worker with its own arguments (Ray only); returns object refs."""
+        return [getattr(w, method).remote(*args) for w, args in zip(self.workers, per_worker)]
+
+    def wait(self, refs: list, method: str) -> list:
+        """Results of refs from `call_async` / `call_each_async`; a dead worker raises WorkerDiedError."""
+        return self._get(refs, method) if self.use_ray else refs
+
     def scatter(self, method: str, items: list, *args: Any, **kwargs: Any) -> list:
         """Split `items` into contiguous shards, one per worker; concatenate the list results in order."""
         if len(self.workers) == 1:

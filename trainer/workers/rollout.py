@@ -29,6 +29,15 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
 
+    def open_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
+        from trainer.engines.weight_sync import SyncGroup
+
+        self.sync_group = SyncGroup(host, port, rank=rank, world_size=world_size)
+
+    def receive_weights(self, layout: list) -> None:
+        """Receive the actor's broadcast and load it in place."""
+        self.engine.load_weights(self.sync_group.receive(layout))
+
     def sleep(self) -> None:
         """Free the engine's GPU memory while the actor trains (colocated placement)."""
         self.engine.sleep()

@@ -172,3 +172,29 @@ def test_cold_start_sft_through_zero3_matches_plain(tiny_model_dir):
     for (_, got), (_, want) in zip(curves[0], plain_curve):
         assert got == pytest.approx(want, rel=1e-4)
     assert plain_curve[-1][1] < plain_curve[0][1]  # it learns
+
+
+@pytest.mark.slow
+def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
+    """SFT through a sharded strategy trains with sft.lr; the RL stage must not inherit that optimiser."""
+    from trainer.compose import compose_config
+    from trainer.loop import Trainer
+
+    trainer = Trainer(compose_config([
+        f"trainer.output_dir={tmp_path}", "engine.ray=true", "rollout.engine=hf", "sft.steps=2", "sft.batch_size=4",
+        "sft.lr=1e-2", "actor.lr=1e-4", "actor.strategy=fsdp2", "resources.actor.count=2",
+        "resources.actor.num_cpus=0.5", "data.num_train=16", "data.num_eval=4", "data.prompts_per_step=2",
+        "rollout.n=2", "rollout.max_new_tokens=4", "actor.mini_batch_size=4", "actor.micro_batch_size=2",
+        "reward.num_workers=0", "tracking.wandb.mode=disabled", "tracking.console=false",
+        "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
+    ]))
+    try:
+        policy = trainer._cold_start_sft()
+        trainer._start_workers(policy)
+        metrics = trainer.step(0)
+        optimiser = trainer.actor.call("checkpoint_state")[0]["strategy"]["optimizer"]
+    finally:
+        trainer.close()
+    assert metrics["actor/lr"] == pytest.approx(1e-4) and metrics["actor/optimizer_steps"] == 1
+    # Adam has taken exactly the one RL step: none of the 2 SFT steps carried over.
+    assert {float(state["step"]) for state in optimiser["state"].values()} == {1.0}

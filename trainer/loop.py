@@ -231,6 +231,10 @@ class Trainer:
         self.actor.call("save_pretrained", str(out_dir))
         self.tokenizer.save_pretrained(out_dir)
         (out_dir / "stage_done.json").write_text(json.dumps({"steps": cfg.steps, "loss_curve": curve}))
+        # RL starts a fresh actor from the saved model (fresh optimiser and schedule), the same
+        # whether SFT ran just now or is reused from an earlier run.
+        self.actor.shutdown()
+        self.actor = None
         return str(out_dir)
 
     # ----- one RL step --------------------------------------------------------------------------

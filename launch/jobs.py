@@ -138,22 +138,22 @@ def validate_overrides(overrides: list[str]) -> None:
 def submit(spec: JobSpec, address: str | None) -> str:
     validate_overrides(spec.overrides)
     runtime_env = spec.runtime_env()
+    return _ask(address, f"job submission to {resolve_address(address)} failed", lambda jobs: jobs.submit_job(
+        entrypoint=spec.entrypoint(), runtime_env=runtime_env, submission_id=spec.submission_id,
+        entrypoint_num_cpus=spec.entrypoint_num_cpus, metadata={"launcher": "reasoning-rl"}))
+
+
+def _ask(address: str | None, failure: str, request):
+    """Run `request(client)`; an error from the cluster becomes a LaunchError that starts with `failure`."""
     jobs = client(address)
     try:
-        return jobs.submit_job(entrypoint=spec.entrypoint(), runtime_env=runtime_env,
-                               submission_id=spec.submission_id, entrypoint_num_cpus=spec.entrypoint_num_cpus,
-                               metadata={"launcher": "reasoning-rl"})
+        return request(jobs)
     except Exception as error:
-        raise LaunchError(f"job submission to {resolve_address(address)} failed: {error}") from None
+        raise LaunchError(f"{failure}: {error}") from None
 
 
 def status(job_id: str, address: str | None) -> str:
-    try:
-        return str(client(address).get_job_status(job_id).value)
-    except LaunchError:
-        raise
-    except Exception as error:
-        raise LaunchError(f"no status for job {job_id!r}: {error}") from None
+    return _ask(address, f"no status for job {job_id!r}", lambda jobs: str(jobs.get_job_status(job_id).value))
 
 
 def wait(job_id: str, address: str | None, timeout_s: float | None = None, poll_s: float = 2.0) -> str:
@@ -169,12 +169,7 @@ def wait(job_id: str, address: str | None, timeout_s: float | None = None, poll_
 
 
 def logs(job_id: str, address: str | None) -> str:
-    try:
-        return client(address).get_job_logs(job_id)
-    except LaunchError:
-        raise
-    except Exception as error:
-        raise LaunchError(f"no logs for job {job_id!r}: {error}") from None
+    return _ask(address, f"no logs for job {job_id!r}", lambda jobs: jobs.get_job_logs(job_id))
 
 
 def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
@@ -196,9 +191,4 @@ def follow(job_id: str, address: str | None, out=sys.stdout) -> str:
 
 
 def stop(job_id: str, address: str | None) -> bool:
-    try:
-        return bool(client(address).stop_job(job_id))
-    except LaunchError:
-        raise
-    except Exception as error:
-        raise LaunchError(f"cannot stop job {job_id!r}: {error}") from None
+    return bool(_ask(address, f"cannot stop job {job_id!r}", lambda jobs: jobs.stop_job(job_id)))

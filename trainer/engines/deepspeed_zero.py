@@ -11,6 +11,7 @@ in memory so the controller writes them atomically with the rest of its checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -76,13 +77,13 @@ class DeepSpeedStrategy:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Gathered CPU weights on every rank (a collective under ZeRO-3)."""
-        module = self.engine.module
-        if self.zero_stage == 3:
-            import deepspeed
+        import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        module = self.engine.module
+        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+                    if self.zero_stage == 3 else contextlib.nullcontext())
+        with gathered:
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
     def state_dict(self) -> dict:
         """This rank's DeepSpeed checkpoint files, as bytes. Collective."""
@@ -90,7 +91,7 @@ class DeepSpeedStrategy:
             self.engine.save_checkpoint(tmp, tag=TAG, save_latest=False)
             folder = Path(tmp) / TAG
             files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.exists() else {}
-        return {"deepspeed_files": files, "rank": dist.get_rank()}
+        return {"deepspeed_files": files}
 
     def load_state_dict(self, state: dict, rank0_state: dict | None = None) -> None:
         """Restore from this rank's files plus rank 0's (which holds the module states)."""

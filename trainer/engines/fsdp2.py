@@ -26,7 +26,7 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class FSDP2Strategy(TorchStrategy):
-    """The plain strategy's optimiser and step over a model sharded with `fully_shard`."""
+    """The plain strategy's optimiser, step and weight gathering over a model sharded with `fully_shard`."""
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
                  reshard_after_forward: bool = True, mixed_precision: bool = False, cpu_offload: bool = False):
@@ -48,15 +48,6 @@ class FSDP2Strategy(TorchStrategy):
         fully_shard(model, **options)
         super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps)
         self.world_size = dist.get_world_size()
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Gathered CPU weights on every rank (a collective: all ranks must call it)."""
-        out = {}
-        for key, value in self.model.state_dict().items():
-            if hasattr(value, "full_tensor"):
-                value = value.full_tensor()
-            out[key] = value.detach().to("cpu", copy=True)
-        return out
 
     def state_dict(self) -> dict:
         """Full (unsharded) model and optimiser state, on rank 0; empty on the others. Collective."""

@@ -66,7 +66,13 @@ class TorchStrategy:
         return float(grad_norm)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """Unsharded CPU weights; with sharded parameters (FSDP2) a collective every rank must call."""
+        state = {}
+        for key, value in self.model.state_dict().items():
+            if hasattr(value, "full_tensor"):
+                value = value.full_tensor()
+            state[key] = value.detach().to("cpu", copy=True)
+        return state
 
     def state_dict(self) -> dict:
         return {

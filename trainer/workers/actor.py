@@ -120,7 +120,7 @@ class ActorWorker:
                         sums["kl"] += float((kl.detach() * mask).sum()) * weight
                     loss = loss * weight
                     # Sharded strategies average gradients over ranks; each rank holds 1/world of the sum.
-                    self.strategy.backward(loss * self.world_size if self.world_size > 1 else loss)
+                    self.strategy.backward(loss * self.world_size)
                     sums["policy_loss"] += float(loss.detach())
                     sums["entropy"] += float((entropy.detach() * mask).sum()) * weight
                     for key, value in loss_metrics.items():

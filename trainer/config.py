@@ -102,6 +102,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     "vLLM GPU: share of GPU memory for weights and KV cache."
     max_num_seqs: int = 256
+    tensor_parallel_size: int = 1
+    "vLLM: shard each rollout engine over this many GPUs (or CPU core groups); give it as many in resources.rollout."
     threads: int = 2
     "torch threads in the rollout worker (CPU)."
     modes: list[str] = field(default_factory=list)
@@ -388,6 +390,14 @@ def validate(cfg: Config) -> None:
         raise ValueError("rollout.weight_sync=collective needs engine.ray=true: the broadcast runs between worker processes")
     if cfg.resources.placement not in ("split", "colocate", "none"):
         raise ValueError(f"resources.placement={cfg.resources.placement!r}: expected split, colocate or none")
+    tp, rollout_res = cfg.rollout.tensor_parallel_size, cfg.resources.rollout
+    if tp < 1:
+        raise ValueError(f"rollout.tensor_parallel_size={tp}: expected >= 1")
+    if tp > 1 and cfg.rollout.engine != "vllm":
+        raise ValueError(f"rollout.tensor_parallel_size={tp} needs rollout.engine=vllm (the hf engine runs unsharded)")
+    if tp > 1 and 0 < rollout_res.num_gpus < tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp} shards each engine over {tp} GPUs, but "
+                         f"resources.rollout.num_gpus={rollout_res.num_gpus}: set it to {tp}")
     if cfg.actor.zero_stage not in (1, 2, 3):
         raise ValueError(f"actor.zero_stage={cfg.actor.zero_stage}: expected 1, 2 or 3")
     if cfg.resources.actor.count > 1 and not cfg.engine.ray:

@@ -154,7 +154,8 @@ class Trainer:
             threads=cfg.rollout.threads,
             **({"max_model_len": self.max_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
                 "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps}
+                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
+                "tensor_parallel_size": cfg.rollout.tensor_parallel_size}
                if cfg.rollout.engine == "vllm" else {}),
         )
         if cfg.rollout.weight_sync == "collective":

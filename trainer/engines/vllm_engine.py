@@ -4,12 +4,19 @@ vLLM runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so new weights ar
 handed over as tensors with `reload_weights`, with no disk round trip and no
 engine restart. Tokenisation stays with the caller (`skip_tokenizer_init`), so
 prompts and responses are token ids on both engines.
+
+With `tensor_parallel_size > 1` vLLM shards the model over that many worker
+processes of its own (the `mp` executor, inside this worker's GPUs or cores).
+New weights then travel once through a safetensors file in shared memory
+(/dev/shm) that every shard reads its slice of.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -38,10 +45,15 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         max_num_seqs: int = 256,
         sleep_mode: bool = False,
+        tensor_parallel_size: int = 1,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        self.tensor_parallel_size = tensor_parallel_size
+        self.weights_dir = None
+        if tensor_parallel_size > 1 and not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(tensor_parallel_size))
         from vllm import LLM
 
         for name in ("vllm.model_executor.model_loader.reload.layerwise", "vllm.renderers.base"):
@@ -61,6 +73,8 @@ class VLLMEngine:
             enable_prefix_caching=False,
             # Sleep mode needs CUDA's memory pool; the CPU build has no use for it.
             enable_sleep_mode=sleep_mode and torch.cuda.is_available(),
+            tensor_parallel_size=tensor_parallel_size,
+            **({"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}),
         )
         self.sleep_mode = sleep_mode and torch.cuda.is_available()
         # Per-request seeds make sampling independent of batching, but vLLM's CPU path fails on them
@@ -117,8 +131,32 @@ class VLLMEngine:
         return completions
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+        if self.tensor_parallel_size == 1:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self._write_shared(state_dict)})
         self.llm.reset_prefix_cache()
+
+    def _write_shared(self, state_dict: dict[str, torch.Tensor]) -> str:
+        """Write the weights where all tensor-parallel shards can read them; the folder is reused."""
+        from safetensors.torch import save_file
+
+        if self.weights_dir is None:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self.weights_dir = tempfile.mkdtemp(prefix="rollout-weights-", dir=shm)
+        # Tied weights (lm_head = embed_tokens) share storage, which safetensors refuses: store copies.
+        # The lm_head entry still matters: loading it is what refreshes vLLM's CPU copy of the head.
+        seen, tensors = set(), {}
+        for name, tensor in state_dict.items():
+            key = (tensor.data_ptr(), tensor.shape)
+            tensors[name] = tensor.detach().cpu().clone() if key in seen else tensor.detach().cpu().contiguous()
+            seen.add(key)
+        save_file(tensors, os.path.join(self.weights_dir, "model.safetensors"))
+        return self.weights_dir
+
+    def close(self) -> None:
+        if self.weights_dir is not None:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights the engine computes with, under vLLM's names (fused qkv_proj, gate_up_proj).
@@ -139,4 +177,19 @@ class VLLMEngine:
                     out[f"{name}.weight"] = module.quant_method.apply(module, eye, bias=None).T.contiguous().cpu()
             return out
 
+        if self.tensor_parallel_size > 1:
+            raise NotImplementedError("weights() reads one engine process; with tensor parallelism each holds a slice")
         return self.llm.collective_rpc(read)[0]
+
+
+def cpu_binding(tensor_parallel_size: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for the CPU build: one disjoint core list per shard ("0|1", "0,1|2,3")."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < tensor_parallel_size:
+        raise ValueError(
+            f"rollout.tensor_parallel_size={tensor_parallel_size} needs a core per shard; this process may use "
+            f"{len(cores)} cores"
+        )
+    per_shard = len(cores) // tensor_parallel_size
+    shards = [cores[i * per_shard : (i + 1) * per_shard] for i in range(tensor_parallel_size)]
+    return "|".join(",".join(map(str, shard)) for shard in shards)

@@ -44,7 +44,7 @@ class WorkerGroup:
                  slots: list | None = None, **init_kwargs: Any):
         """`ranked=True` gives each worker `rank` and `world_size` keyword arguments (data-parallel roles);
         `slots` (from trainer.workers.placement) seats worker i in a placement group bundle."""
-        self.role, self.use_ray = role, use_ray
+        self.role, self.use_ray, self.cls = role, use_ray, cls
 
         def kwargs_for(index: int) -> dict[str, Any]:
             return {**init_kwargs, "rank": index, "world_size": resources.count} if ranked else init_kwargs
@@ -136,10 +136,19 @@ class WorkerGroup:
         refs = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
         return [x for part in self._get(refs, method) for x in part]
 
-    def shutdown(self) -> None:
-        if self.use_ray:
-            import ray
+    def shutdown(self, close_timeout_s: float = 30.0) -> None:
+        """Let workers with a `close` method release what outlives them (files in /dev/shm), then stop them."""
+        if not self.use_ray:
+            if hasattr(self.cls, "close"):
+                for worker in self.workers:
+                    worker.close()
+            self.workers = []
+            return
+        import ray
 
-            for worker in self.workers:
-                ray.kill(worker)
+        if hasattr(self.cls, "close"):
+            refs = [worker.close.remote() for worker in self.workers]
+            ray.wait(refs, num_returns=len(refs), timeout=close_timeout_s)
+        for worker in self.workers:
+            ray.kill(worker)
         self.workers = []

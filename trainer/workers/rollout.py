@@ -47,3 +47,7 @@ class RolloutWorker:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.engine.weights()
+
+    def close(self) -> None:
+        if hasattr(self.engine, "close"):
+            self.engine.close()

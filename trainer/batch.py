@@ -24,12 +24,13 @@ class TrainBatch:
     old_logprobs: torch.Tensor | None = None  # [B, R] policy before this update
     ref_logprobs: torch.Tensor | None = None  # [B, R] frozen reference
     rollout_logprobs: torch.Tensor | None = None  # [B, R] as the rollout engine reported
+    media: list | None = None  # per row: the prompt's images (trainer.vision.Media) or None
     extras: dict = field(default_factory=dict)
 
     @classmethod
     def from_sequences(
         cls, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
-        loss_masks: list[list[int] | None] | None = None,
+        loss_masks: list[list[int] | None] | None = None, media: list | None = None,
     ) -> "TrainBatch":
         """Right-padded prompt+response rows; `loss_masks` zero out response tokens the policy did not write."""
         if len(prompts) != len(responses):
@@ -55,6 +56,7 @@ class TrainBatch:
             prompt_lens=torch.tensor([len(p) for p in prompts]),
             response_lens=torch.tensor([len(r) for r in responses]),
             response_mask=response_mask,
+            media=media if media is not None and any(m is not None for m in media) else None,
         )
 
     def __len__(self) -> int:
@@ -92,6 +94,8 @@ class TrainBatch:
             elif value.dim() == 2:
                 value = value[:, :resp_width]
             picked[f.name] = value
+        if self.media is not None:
+            picked["media"] = [self.media[i] for i in rows.tolist()]
         return replace(self, **picked)
 
     def num_response_tokens(self) -> int:

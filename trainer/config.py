@@ -29,10 +29,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class TinyVisionConfig:
+    """Vision tower of the embedded Qwen2-VL built when `model.path=tiny_vl` (patch 14, 2x2 merge)."""
+
+    depth: int = 2
+    embed_dim: int = 64
+    num_heads: int = 2
+    mlp_ratio: int = 2
+    image_pixels: int = 12544
+    "Pixels each image is resized to (112 x 112 = 64 patches = 16 image tokens)."
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny"
-    "A local model folder, a hub name (needs a local cache offline), or `tiny` for the embedded model."
+    "A local model folder, a hub name (needs a local cache offline), `tiny` (Qwen2) or `tiny_vl` (Qwen2-VL)."
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    tiny_vision: TinyVisionConfig = field(default_factory=TinyVisionConfig)
+    image_min_pixels: Optional[int] = None
+    "Vision models: lower bound on an image's resized area (the processor's min_pixels); None keeps the model's."
+    image_max_pixels: Optional[int] = None
+    "Vision models: upper bound on an image's resized area (max_pixels); None keeps the model's."
     dtype: str = "float32"
     "Training and rollout dtype: float32, bfloat16 or float16."
 
@@ -174,6 +191,8 @@ class ActorConfig:
     threads: int = 2
     "torch threads in the actor worker (CPU)."
     freeze: list[str] = field(default_factory=list)
+    freeze_vision: bool = False
+    "Vision-language models: keep the vision tower and its projector fixed (Ovis2.5's RL stage)."
     "Parameter-name prefixes to keep frozen (e.g. the vision tower and projector for Ovis2.5's RL)."
 
 
@@ -251,6 +270,8 @@ class RewardConfig:
     "Time limit per reward call; a call past it scores 0 and is counted."
     accuracy_reward: str = "boxed_answer"
     "The reward whose score >= 1 marks a completion correct in `acc/*` metrics (else the total score >= 1)."
+    correct_at: Any = field(default_factory=dict)
+    "Task name -> the score that counts as correct instead of 1 (e.g. {grounding: 0.5}: IoU >= 0.5)."
 
 
 @dataclass

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from data.schema import Sample
 from data.sources import load_samples
 from trainer.config import Config
 
 
-def _synthetic(name: str, cfg: Config) -> tuple[list[Sample], list[Sample]]:
+def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], list[Sample]]:
     from data import synthetic
     from data.arithmetic import make_splits
+
+    if name == "spatial_scenes":
+        from data.spatial_scenes import spatial_scenes
+
+        return spatial_scenes(cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed, image_dir=image_dir)
 
     generators = {
         "arithmetic": make_splits,
@@ -18,7 +25,8 @@ def _synthetic(name: str, cfg: Config) -> tuple[list[Sample], list[Sample]]:
         "math_and_choice": synthetic.math_and_choice,
     }
     if name not in generators:
-        raise ValueError(f"data.train=synthetic:{name}: unknown generator; available: {', '.join(generators)}")
+        available = ", ".join([*generators, "spatial_scenes"])
+        raise ValueError(f"data.train=synthetic:{name}: unknown generator; available: {available}")
     return generators[name](cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed)
 
 
@@ -30,9 +38,10 @@ def _load(path: str, cfg: Config) -> list[Sample]:
     return load_samples(path, split=cfg.data.split)
 
 
-def load_prompt_sets(cfg: Config) -> tuple[list[Sample], list[Sample]]:
+def load_prompt_sets(cfg: Config, image_dir: Path | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Training and held-out samples; synthetic generators that render images write them under `image_dir`."""
     if cfg.data.train.startswith("synthetic:"):
-        return _synthetic(cfg.data.train.split(":", 1)[1], cfg)
+        return _synthetic(cfg.data.train.split(":", 1)[1], cfg, image_dir or Path(cfg.trainer.output_dir) / "images")
     train = _load(cfg.data.train, cfg)
     if cfg.data.eval:
         held_out = _load(cfg.data.eval, cfg)

@@ -47,8 +47,19 @@ class Trainer:
 
         self.base_model_path = self._prepare_model()
         self.tokenizer = load_tokenizer(self.base_model_path)
+        self.processor = None  # the vision-language processor, loaded with the first image prompt
+        self._image_prompts: dict[int, tuple[list[int], str]] = {}  # id(sample) -> (token ids, chat text)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.train_samples, self.eval_samples = load_prompt_sets(cfg)
+        self.train_samples, self.eval_samples = load_prompt_sets(cfg, image_dir=self.run_dir / "images")
+        if cfg.rollout.engine == "vllm" and any(s.images for s in self.train_samples + self.eval_samples):
+            from trainer.vision import has_torchvision
+
+            if not has_torchvision():
+                raise ValueError(
+                    "rollout.engine=vllm: the data has images, and vLLM's Qwen2-VL input processing needs torchvision, "
+                    "which is not installed (a torchvision build matching this torch is required); "
+                    "use rollout.engine=hf for image prompts here"
+                )
         self.sampler = self._make_sampler()
         from rewards.compose import RewardComposer
 
@@ -115,10 +126,16 @@ class Trainer:
         return path
 
     def _prepare_model(self) -> str:
-        if self.cfg.model.path == "tiny":
+        model = self.cfg.model
+        if model.path == "tiny":
             from trainer.tiny_model import build_tiny_model
 
-            return str(build_tiny_model(self.cfg.model.tiny, self.run_dir / "tiny_model", seed=self.cfg.trainer.seed))
+            return str(build_tiny_model(model.tiny, self.run_dir / "tiny_model", seed=self.cfg.trainer.seed))
+        if model.path == "tiny_vl":
+            from trainer.tiny_model import build_tiny_vl_model
+
+            return str(build_tiny_vl_model(model.tiny, model.tiny_vision, self.run_dir / "tiny_vl_model",
+                                           seed=self.cfg.trainer.seed, image_pixels=model.tiny_vision.image_pixels))
         return resolve_model_path(self.cfg.model.path)
 
     def _max_model_len(self) -> int:
@@ -129,12 +146,49 @@ class Trainer:
         return longest_prompt + max(rollout.max_new_tokens, rollout.eval_max_new_tokens) + max(0, extra_turns)
 
     def _encode_prompt(self, sample: Sample) -> list[int]:
+        if sample.images:
+            return self._image_prompt(sample)[0]
         text = sample.prompt
         if sample.messages is not None:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ValueError(f"sample {sample.id!r} has chat messages but the tokenizer has no chat template")
             text = self.tokenizer.apply_chat_template(sample.messages, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _image_prompt(self, sample: Sample) -> tuple[list[int], str]:
+        """Token ids (image placeholders expanded) and chat text of a prompt with images; cached per sample."""
+        key = id(sample)
+        if key not in self._image_prompts:
+            self._image_prompts[key] = (self._media(sample, with_ids=True)[0], self._chat_text(sample))
+        return self._image_prompts[key]
+
+    def _chat_text(self, sample: Sample) -> str:
+        messages = sample.messages
+        if messages is None:
+            # A plain prompt with images: the images first, then the text, as one user turn.
+            messages = [{"role": "user", "content": [{"type": "image"}] * len(sample.images)
+                         + [{"type": "text", "text": sample.prompt}]}]
+        return self._vision_processor().apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _vision_processor(self):
+        if self.processor is None:
+            from trainer.vision import is_vision_model, load_processor
+
+            if not is_vision_model(self.base_model_path):
+                raise ValueError(f"the data has images but model.path={self.cfg.model.path!r} is a text-only model")
+            model = self.cfg.model
+            self.processor = load_processor(self.base_model_path, model.image_min_pixels, model.image_max_pixels)
+        return self.processor
+
+    def _media(self, sample: Sample, with_ids: bool = False):
+        """The processed images of `sample` (None without images); re-read from disk, not kept in memory."""
+        if not sample.images:
+            return (None, None) if with_ids else None
+        from trainer.vision import encode_with_images
+
+        ids, media = encode_with_images(self._vision_processor(), self._chat_text(sample), sample.images,
+                                        source=repr(sample.id))
+        return (ids, media) if with_ids else media
 
     def _start_workers(self, policy_path: str) -> None:
         cfg = self.cfg
@@ -218,12 +272,13 @@ class Trainer:
         if not usable:
             raise ValueError("sft.steps > 0 but no training sample has metadata.sft_target")
         prompts = [self._encode_prompt(s) for s in usable]
+        media = [self._media(s) for s in usable] if any(s.images for s in usable) else None
         eos = self.tokenizer.eos_token_id
         targets = [self.tokenizer(s.metadata["sft_target"], add_special_tokens=False)["input_ids"] + [eos] for s in usable]
         start = time.time()
         curve = self.actor.call(
             "sft", prompts, targets, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-            weight_decay=cfg.weight_decay, pad_id=self.pad_id,
+            weight_decay=cfg.weight_decay, pad_id=self.pad_id, media=media,
         )[0]
         self.tracker.print(
             f"[sft] {cfg.steps} steps in {time.time() - start:.0f}s, loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}"
@@ -240,11 +295,19 @@ class Trainer:
 
     # ----- one RL step --------------------------------------------------------------------------
     def generate(self, samples: list[Sample], spec: SamplingSpec) -> list[Completion]:
-        return self._generate_ids([self._encode_prompt(s) for s in samples], spec)
+        return self._generate_ids([self._encode_prompt(s) for s in samples], spec, media=self._media_of(samples))
 
-    def _generate_ids(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0) -> list[Completion]:
-        """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step."""
-        indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
+    def _media_of(self, samples: list[Sample]) -> list | None:
+        return [self._media(s) for s in samples] if any(s.images for s in samples) else None
+
+    def _generate_ids(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
+                      media: list | None = None) -> list[Completion]:
+        """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
+        `media[i]` carries prompt i's images."""
+        if media is None:
+            indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
+        else:
+            indexed = [(first_index + i, p, m) for i, (p, m) in enumerate(zip(prompts, media))]
         completions = self.rollout.scatter("generate", indexed, spec)
         expected = [first_index + i for i in range(len(prompts)) for _ in range(spec.n)]
         if [c.prompt_index for c in completions] != expected:
@@ -261,8 +324,10 @@ class Trainer:
         """Rewards for each text, and whether each counts as correct (the accuracy reward reaches 1)."""
         scored = self.rewards.score(texts, samples)
         accuracy_terms = scored.components.get(self.cfg.reward.accuracy_reward)
+        correct_at = self.cfg.reward.correct_at
         correct = [
-            (accuracy_terms[i] if accuracy_terms is not None and accuracy_terms[i] is not None else scored.scores[i]) >= 1.0
+            (accuracy_terms[i] if accuracy_terms is not None and accuracy_terms[i] is not None else scored.scores[i])
+            >= correct_at.get(samples[i].task, 1.0)
             for i in range(len(texts))
         ]
         return scored, correct
@@ -277,12 +342,14 @@ class Trainer:
         if self.simulator is not None:
             return self._score_rollouts(multiturn_rollouts(self, samples, spec))
         prompts = [self._encode_prompt(s) for s in samples]
+        media = self._media_of(samples)
         out = Rollouts(samples=samples)
         clock = time.time()
         for k, mode in enumerate(cfg.rollout.modes or [""]):
             prefix = cfg.rollout.mode_prefixes[mode] if mode else ""
             prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-            for c in self._generate_ids([p + prefix_ids for p in prompts], spec, first_index=k * len(samples)):
+            for c in self._generate_ids([p + prefix_ids for p in prompts], spec, first_index=k * len(samples),
+                                        media=media):
                 group = c.prompt_index - k * len(samples)
                 out.completions.append(c)
                 out.prompt_ids.append(prompts[group] + prefix_ids)
@@ -360,6 +427,7 @@ class Trainer:
             batch = TrainBatch.from_sequences(
                 [rollouts.prompt_ids[i] for i in keep], [completions[i].token_ids for i in keep], self.pad_id,
                 [completions[i].loss_mask for i in keep],
+                media=self._media_of([rollouts.samples[rollouts.group[i]] for i in keep]),
             )
             width = batch.response_mask.shape[1]
             batch.advantages = advantages[keep]
@@ -470,9 +538,10 @@ class Trainer:
         mode = {"auto": "", "long": "thinking", "short": "non_thinking"}[self.cfg.rollout.eval_thinking_mode]
         prefix = self.cfg.rollout.mode_prefixes[mode] if mode else ""
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        completions = self._generate_ids([self._encode_prompt(s) + prefix_ids for s in self.eval_samples], spec)
+        completions = self._generate_ids([self._encode_prompt(s) + prefix_ids for s in self.eval_samples], spec,
+                                         media=self._media_of(self.eval_samples))
         texts = [prefix + self.decode(c) for c in completions]
-        _, correct = self.score(texts, self.eval_samples)
+        scored, correct = self.score(texts, self.eval_samples)
         result = {"eval/acc": float(np.mean(correct)), "eval/correct": float(sum(correct)), "eval/total": float(len(correct))}
         if self.cfg.rollout.modes and not mode:
             # In auto mode the policy chooses: how often does it think?
@@ -481,6 +550,8 @@ class Trainer:
         if len(set(tasks)) > 1:
             for task in sorted(set(tasks)):
                 result[f"eval/acc/{task}"] = float(np.mean([c for c, t in zip(correct, tasks) if t == task]))
+                # The mean score too: for graded rewards (IoU, numeric closeness) it says more than a threshold.
+                result[f"eval/reward/{task}"] = float(np.mean([r for r, t in zip(scored.scores, tasks) if t == task]))
         return result
 
     # ----- checkpoints --------------------------------------------------------------------------

@@ -35,12 +35,32 @@ def resolve_model_path(path: str) -> str:
 
 
 def load_causal_lm(path: str, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM
+    """A text or vision-language model for generation and training."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from trainer.vision import is_vision_model
 
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    auto = AutoModelForImageTextToText if is_vision_model(path) else AutoModelForCausalLM
+    return auto.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+
+
+def image_token_id(model) -> int | None:
+    return getattr(getattr(model, "config", None), "image_token_id", None)
+
+
+def forward_inputs(model, input_ids: torch.Tensor, media: list | None, device) -> dict:
+    """Extra forward keywords for rows with images (none for text-only batches)."""
+    if not media or all(m is None for m in media):
+        return {}
+    from trainer.vision import vision_inputs
+
+    token = image_token_id(getattr(model, "module", model))
+    if token is None:
+        raise ValueError("the batch has images but the model is text-only (no image_token_id in its config)")
+    return {k: v.to(device) for k, v in vision_inputs(input_ids, media, token).items()}
 
 
 def load_tokenizer(path: str):
@@ -55,7 +75,8 @@ def response_logprobs(
     """Log-probs [B, R] of each response token (and entropy of each position's distribution)."""
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device)).logits
+    extra = forward_inputs(model, batch.input_ids, batch.media, device)
+    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
     # Position t predicts token t+1: gather the logits that predict response tokens.
     positions = batch.response_positions().to(device) - 1
     vocab = logits.shape[-1]

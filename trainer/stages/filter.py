@@ -30,7 +30,8 @@ def run_filter(trainer, out_dir: Path, exclude_ids: set[str] = frozenset()) -> d
     rollout_samples, rollout_texts, rollout_correct = [], [], []
     for start in range(0, len(samples), CHUNK):
         chunk = samples[start : start + CHUNK]
-        completions = trainer._generate_ids([trainer._encode_prompt(s) for s in chunk], spec, first_index=start)
+        completions = trainer._generate_ids([trainer._encode_prompt(s) for s in chunk], spec, first_index=start,
+                                              media=trainer._media_of(chunk))
         texts = [trainer.decode(c) for c in completions]
         owners = [chunk[c.prompt_index - start] for c in completions]
         scored, correct = trainer.score(texts, owners)

@@ -37,7 +37,12 @@ class ActorWorker:
         if actor.get("gradient_checkpointing"):
             self.model.gradient_checkpointing_enable()
         self.model.train()
-        self.frozen = freeze_parameters(self.model, actor.get("freeze") or [])
+        prefixes = list(actor.get("freeze") or [])
+        if actor.get("freeze_vision"):
+            from trainer.vision import vision_module_prefixes
+
+            prefixes += vision_module_prefixes(self.model)
+        self.frozen = freeze_parameters(self.model, prefixes)
         self.strategy = self._make_strategy() if actor["strategy"] == "torch" else None
         self.updates = 0
 
@@ -143,7 +148,8 @@ class ActorWorker:
         return metrics
 
     def sft(self, prompts: list[list[int]], targets: list[list[int]], *, steps: int, batch_size: int,
-            lr: float, weight_decay: float, pad_id: int, log_every: int = 50) -> list[tuple[int, float]]:
+            lr: float, weight_decay: float, pad_id: int, log_every: int = 50,
+            media: list | None = None) -> list[tuple[int, float]]:
         """Cold-start SFT: maximise the log-prob of each target given its prompt. Returns (step, loss) points.
 
         Every rank trains on the same batch, so sharded strategies give the single-worker result."""
@@ -171,7 +177,8 @@ class ActorWorker:
         curve, running = [], []
         for step in range(steps):
             rows = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()
-            batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id)
+            batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id,
+                                              media=[media[i] for i in rows] if media else None)
             logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0)
             loss = -(logp * batch.response_mask).sum() / batch.response_mask.sum()
             backward_and_step(loss)

@@ -21,10 +21,15 @@ class RolloutWorker:
         else:
             raise ValueError(f"rollout.engine={engine!r}: expected 'vllm' or 'hf'")
 
-    def generate(self, indexed_prompts: list[tuple[int, list[int]]], spec: SamplingSpec) -> list[Completion]:
-        """Prompts tagged with their index in the whole step, so seeds and results do not depend on sharding."""
-        indices = [index for index, _ in indexed_prompts]
-        return self.engine.generate([prompt for _, prompt in indexed_prompts], spec, indices)
+    def generate(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> list[Completion]:
+        """(index, token ids[, media]) items: the index is the prompt's place in the whole step, so seeds
+        and results do not depend on sharding; media (trainer.vision.Media) carries its images."""
+        indices = [item[0] for item in indexed_prompts]
+        prompts = [item[1] for item in indexed_prompts]
+        media = [item[2] if len(item) > 2 else None for item in indexed_prompts]
+        if any(m is not None for m in media):
+            return self.engine.generate(prompts, spec, indices, media=media)
+        return self.engine.generate(prompts, spec, indices)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)

@@ -300,6 +300,11 @@ class Trainer:
     def _media_of(self, samples: list[Sample]) -> list | None:
         return [self._media(s) for s in samples] if any(s.images for s in samples) else None
 
+    def _completion_media(self, rollouts: Rollouts, rows: list[int]) -> list | None:
+        """Each completion's prompt images, processed once per prompt rather than once per completion."""
+        per_prompt = self._media_of(rollouts.samples)
+        return None if per_prompt is None else [per_prompt[rollouts.group[i]] for i in rows]
+
     def _generate_ids(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
                       media: list | None = None) -> list[Completion]:
         """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
@@ -427,7 +432,7 @@ class Trainer:
             batch = TrainBatch.from_sequences(
                 [rollouts.prompt_ids[i] for i in keep], [completions[i].token_ids for i in keep], self.pad_id,
                 [completions[i].loss_mask for i in keep],
-                media=self._media_of([rollouts.samples[rollouts.group[i]] for i in keep]),
+                media=self._completion_media(rollouts, keep),
             )
             width = batch.response_mask.shape[1]
             batch.advantages = advantages[keep]

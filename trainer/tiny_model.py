@@ -20,19 +20,14 @@ MARKERS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "}"]
 CHARACTERS = list("0123456789+=,")
 
 
-def build_tokenizer():
-    """A byte-level BPE with no merges, wired the way Qwen2's tokenizer is.
-
-    `AutoTokenizer` maps any `model_type=qwen2` folder to Qwen2's tokenizer class,
-    which installs Qwen2's normaliser and pre-tokeniser; building ours with the same
-    pipeline keeps the ids identical whichever class loads the folder.
-    """
+def _byte_level_backend(characters: list[str]):
+    """A byte-level BPE over `characters` with no merges (one token per character), wired the way
+    Qwen2's tokenizer is: NFC, Qwen2's pre-tokenizer split, then ByteLevel."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     vocab = {UNK: 0}
-    for ch in CHARACTERS:
+    for ch in characters:
         vocab[ch] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     backend.normalizer = normalizers.NFC()
@@ -43,6 +38,19 @@ def build_tokenizer():
         ]
     )
     backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def build_tokenizer():
+    """A byte-level BPE with no merges, wired the way Qwen2's tokenizer is.
+
+    `AutoTokenizer` maps any `model_type=qwen2` folder to Qwen2's tokenizer class,
+    which installs Qwen2's normaliser and pre-tokeniser; building ours with the same
+    pipeline keeps the ids identical whichever class loads the folder.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_backend(CHARACTERS)
     backend.add_special_tokens([EOS, *MARKERS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token=EOS, pad_token=EOS, unk_token=UNK, clean_up_tokenization_spaces=False
@@ -64,22 +72,10 @@ VL_CHAT_TEMPLATE = (
 
 def build_vl_tokenizer():
     """Byte-level, no merges: every character is one token; markers and Qwen's specials are single tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    vocab = {UNK: 0}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
+    backend = _byte_level_backend(sorted(pre_tokenizers.ByteLevel.alphabet()))
     backend.add_special_tokens([*VL_SPECIAL, *MARKERS[:-1]])  # "}" stays a character: boxes hold "[1,2,3,4]}"
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=UNK,

@@ -36,7 +36,9 @@ def test_bad_tensor_parallel_settings_name_the_keys(overrides, message):
 def test_sharded_vllm_engine_follows_the_actor(tmp_path):
     cfg = compose_config([
         f"trainer.output_dir={tmp_path}", "engine.ray=true", "rollout.engine=vllm", "rollout.tensor_parallel_size=2",
-        "resources.rollout.num_cpus=2", "sft.steps=0", "data.num_train=32", "data.num_eval=4",
+        # Ray's CPU count only gates placement (vLLM starts its shard processes itself), and the suite's
+        # shared local Ray has 2: ask for one per role.
+        "sft.steps=0", "data.num_train=32", "data.num_eval=4",
         "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=12", "actor.mini_batch_size=16",
         "actor.micro_batch_size=8", "actor.lr=2e-3", "reward.num_workers=0", "tracking.wandb.mode=disabled",
         "tracking.console=false",

@@ -143,13 +143,22 @@ def submit(spec: JobSpec, address: str | None) -> str:
         entrypoint_num_cpus=spec.entrypoint_num_cpus, metadata={"launcher": "reasoning-rl"}))
 
 
-def _ask(address: str | None, failure: str, request):
-    """Run `request(client)`; an error from the cluster becomes a LaunchError that starts with `failure`."""
+AGENT_NOT_READY = "No available agent"  # the head's job agent is still starting (right after `ray start`)
+
+
+def _ask(address: str | None, failure: str, request, agent_wait_s: float = 60.0):
+    """Run `request(client)`; an error from the cluster becomes a LaunchError that starts with `failure`.
+    A head whose job agent is still starting is asked again for up to `agent_wait_s`."""
     jobs = client(address)
-    try:
-        return request(jobs)
-    except Exception as error:
-        raise LaunchError(f"{failure}: {error}") from None
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return request(jobs)
+        except Exception as error:
+            if AGENT_NOT_READY in str(error) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            raise LaunchError(f"{failure}: {error}") from None
 
 
 def status(job_id: str, address: str | None) -> str:

@@ -159,7 +159,11 @@ class Trainer:
         """Token ids (image placeholders expanded) and chat text of a prompt with images; cached per sample."""
         key = id(sample)
         if key not in self._image_prompts:
-            self._image_prompts[key] = (self._media(sample, with_ids=True)[0], self._chat_text(sample))
+            from trainer.vision import encode_with_images
+
+            text = self._chat_text(sample)
+            ids, _ = encode_with_images(self._vision_processor(), text, sample.images, source=repr(sample.id))
+            self._image_prompts[key] = (ids, text)
         return self._image_prompts[key]
 
     def _chat_text(self, sample: Sample) -> str:
@@ -180,15 +184,14 @@ class Trainer:
             self.processor = load_processor(self.base_model_path, model.image_min_pixels, model.image_max_pixels)
         return self.processor
 
-    def _media(self, sample: Sample, with_ids: bool = False):
+    def _media(self, sample: Sample):
         """The processed images of `sample` (None without images); re-read from disk, not kept in memory."""
         if not sample.images:
-            return (None, None) if with_ids else None
+            return None
         from trainer.vision import encode_with_images
 
-        ids, media = encode_with_images(self._vision_processor(), self._chat_text(sample), sample.images,
-                                        source=repr(sample.id))
-        return (ids, media) if with_ids else media
+        text = self._image_prompt(sample)[1]  # the chat template is rendered once per sample
+        return encode_with_images(self._vision_processor(), text, sample.images, source=repr(sample.id))[1]
 
     def _start_workers(self, policy_path: str) -> None:
         cfg = self.cfg

@@ -33,9 +33,10 @@ y1..y2-1, so x2 - x1 is the width and the box of an object is exactly its drawn 
 Every sample: `task` = family, `messages` = one user turn `[{"type": "image"}, {"type": "text",
 "text": question}]` (Qwen2-VL format), `images` = [absolute path of `<id>.png` under image_dir],
 ids `train-00000` / `eval-00000` (so one image_dir should hold one dataset), and metadata
-`family`, `canvas`, `objects` (list of {shape, colour, box} in drawing order), `choices` (choice
-families) and `sft_target`, the answer alone: `<answer>\boxed{3}</answer>`,
-`<answer>\boxed{A}</answer>` or `<answer>\boxed{[x1,y1,x2,y2]}</answer>`.
+`family`, `canvas`, `objects` (list of {shape, colour, box} in drawing order), `difficulty` (the
+number of objects, a curriculum key), `choices` (choice families) and `sft_target`, the answer
+alone: `<answer>\boxed{3}</answer>`, `<answer>\boxed{A}</answer>` or
+`<answer>\boxed{[x1,y1,x2,y2]}</answer>`.
 
 The held-out split comes from its own random stream, drawn first, so it does not change with
 n_train; the train split rejects any scene (its sorted object list) already used, so no scene is
@@ -331,6 +332,7 @@ def _make_split(
             "family": family,
             "canvas": canvas,
             "objects": [{"shape": o.shape, "colour": o.colour, "box": o.box} for o in objects],
+            "difficulty": len(objects),  # more objects, more clutter: the curriculum key M2-Reasoning sorts by
         }
         if choices is not None:
             metadata["choices"] = choices

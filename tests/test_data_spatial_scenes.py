@@ -372,3 +372,21 @@ def test_bad_arguments(tmp_path, kwargs, argument):
     n_train, n_eval = arguments.pop("n_train"), arguments.pop("n_eval")
     with pytest.raises(ValueError, match=argument):
         spatial_scenes(n_train, n_eval, **arguments)
+
+
+def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):
+    from trainer.compose import compose_config
+    from trainer.data_setup import load_prompt_sets
+
+    cfg = compose_config([f"trainer.output_dir={tmp_path}", "data.train=synthetic:math_choice_and_spatial",
+                          "data.num_train=11", "data.num_eval=4"])
+    train, held_out = load_prompt_sets(cfg, image_dir=tmp_path / "images")
+    assert (len(train), len(held_out)) == (11, 4)
+    with_images = [s for s in train if s.images]
+    assert len(with_images) == 5 and {s.task for s in with_images} == set(FAMILIES)
+    assert {s.task for s in train if not s.images} <= {"math", "multiple_choice"}
+    assert sum(1 for s in held_out if s.images) == 2
+    # The curriculum sorts every task by this key; scenes use their object count.
+    assert all(isinstance(s.metadata["difficulty"], int) for s in train + held_out)
+    assert all(s.metadata["difficulty"] == len(s.metadata["objects"]) for s in with_images)
+    assert len({s.id for s in train + held_out}) == 15

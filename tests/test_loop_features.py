@@ -102,3 +102,18 @@ def test_frozen_parameters_stay_bit_identical(tmp_path):
     for name in frozen:
         assert torch.equal(before[name], after[name]), name
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.layers.1."))
+
+
+def test_per_task_table_shows_each_task_and_the_unweighted_mean():
+    from trainer.loop import per_task_lines
+
+    before = {"eval/acc": 0.3, "eval/acc/count": 0.1, "eval/reward/count": 0.45,
+              "eval/acc/grounding": 0.0, "eval/reward/grounding": 0.028, "eval/acc_task_mean": 0.05}
+    after = {"eval/acc": 0.4, "eval/acc/count": 0.25, "eval/reward/count": 0.6,
+             "eval/acc/grounding": 0.05, "eval/reward/grounding": 0.31, "eval/acc_task_mean": 0.15}
+    lines = per_task_lines(before, after)
+    assert len(lines) == 4 and lines[0].startswith("task")
+    assert lines[1].split() == ["count", "10.0%", "->", "25.0%", "0.450", "->", "0.600"]
+    assert lines[2].split() == ["grounding", "0.0%", "->", "5.0%", "0.028", "->", "0.310"]
+    assert lines[3].split() == ["mean", "of", "tasks", "5.0%", "->", "15.0%"]
+    assert per_task_lines({"eval/acc": 0.5}, {"eval/acc": 0.6}) == []  # one task: nothing to split

@@ -37,6 +37,28 @@ def test_image_tokens_must_match_image_features():
         vision_inputs(ids[:1], [None], image_token_id=9)
 
 
+def test_vl_tokenizer_reads_scene_questions_as_words(tmp_path):
+    from data.spatial_scenes import spatial_scenes
+    from trainer.tiny_model import build_vl_tokenizer
+
+    tokenizer = build_vl_tokenizer()
+    train, _ = spatial_scenes(40, 0, seed=3, image_dir=tmp_path)
+    for sample in train:
+        question = sample.messages[0]["content"][1]["text"]
+        ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == question
+        # Every word is one token; only option letters, punctuation and newlines stand alone.
+        for piece in (tokenizer.decode([i]) for i in ids):
+            assert piece.strip() in {"", "?", ".", "A", "B"} or piece.strip().isalpha(), (question, piece)
+        words = question.replace("?", " ").replace(".", " ").split()
+        assert len(ids) <= len(words) * 2 + 2, question
+    # Text outside the word list still round-trips byte by byte.
+    text = "3+4=7, thermal école"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text and len(ids) > 15
+    assert tokenizer.tokenize(" square") == ["Ġsquare"] and tokenizer.tokenize(" squ") == ["Ġsqu"]
+
+
 def test_prompt_ids_carry_one_pad_per_merged_patch(tmp_path):
     trainer = Trainer(vl_config(tmp_path))
     try:

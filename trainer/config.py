@@ -38,6 +38,10 @@ class TinyVisionConfig:
     mlp_ratio: int = 2
     image_pixels: int = 12544
     "Pixels each image is resized to (112 x 112 = 64 patches = 16 image tokens)."
+    text_rope_theta: float = 2.0
+    """Rotary base of the language model. Qwen2-VL's mrope gives an image's width axis the slowest
+    rotary frequencies: at the usual 10000 a 4-column grid's columns differ by under 0.01 rad and the
+    tiny model never learnt left from right (600 SFT steps); at 2 it did within 500."""
 
 
 @dataclass

@@ -17,6 +17,15 @@ def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], l
         from data.spatial_scenes import spatial_scenes
 
         return spatial_scenes(cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed, image_dir=image_dir)
+    if name == "math_choice_and_spatial":
+        # M2-Reasoning's mix at tiny scale: text math and multiple choice, plus image scene questions, half each.
+        from data.spatial_scenes import spatial_scenes
+
+        n_train, n_eval = cfg.data.num_train, cfg.data.num_eval
+        text_train, text_eval = synthetic.math_and_choice(n_train - n_train // 2, n_eval - n_eval // 2,
+                                                          seed=cfg.trainer.seed)
+        scene_train, scene_eval = spatial_scenes(n_train // 2, n_eval // 2, seed=cfg.trainer.seed, image_dir=image_dir)
+        return text_train + scene_train, text_eval + scene_eval
 
     generators = {
         "arithmetic": make_splits,
@@ -25,7 +34,7 @@ def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], l
         "math_and_choice": synthetic.math_and_choice,
     }
     if name not in generators:
-        available = ", ".join([*generators, "spatial_scenes"])
+        available = ", ".join([*generators, "spatial_scenes", "math_choice_and_spatial"])
         raise ValueError(f"data.train=synthetic:{name}: unknown generator; available: {available}")
     return generators[name](cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed)
 

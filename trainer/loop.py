@@ -560,6 +560,8 @@ class Trainer:
                 result[f"eval/acc/{task}"] = float(np.mean([c for c, t in zip(correct, tasks) if t == task]))
                 # The mean score too: for graded rewards (IoU, numeric closeness) it says more than a threshold.
                 result[f"eval/reward/{task}"] = float(np.mean([r for r, t in zip(scored.scores, tasks) if t == task]))
+            # Unweighted over tasks, so a small task counts as much as a large one.
+            result["eval/acc_task_mean"] = float(np.mean([result[f"eval/acc/{task}"] for task in set(tasks)]))
         return result
 
     # ----- checkpoints --------------------------------------------------------------------------
@@ -624,6 +626,8 @@ class Trainer:
             f"[{name}] held-out accuracy after RL:  {100 * after['eval/acc']:.1f}% "
             f"({int(after['eval/correct'])}/{int(after['eval/total'])}), {gain:+.1f} points"
         )
+        for line in per_task_lines(before, after):
+            self.tracker.print(f"[{name}] {line}")
         if recent_rewards:
             summary["reward_last10"] = float(np.mean(recent_rewards))
         summary["steps"] = cfg.trainer.total_steps
@@ -651,6 +655,24 @@ class Trainer:
 
             remove_placement(self.placement)
             self.placement = None
+
+
+def per_task_lines(before: dict, after: dict) -> list[str]:
+    """A held-out table, one row per task: accuracy and mean reward before -> after RL."""
+    tasks = sorted(key.split("/", 2)[2] for key in after if key.startswith("eval/acc/"))
+    if not tasks:
+        return []
+    width = max(len(task) for task in [*tasks, "mean of tasks"])
+    lines = [f"{'task':<{width}}  accuracy before -> after   mean reward before -> after"]
+    for task in tasks:
+        acc, reward = f"eval/acc/{task}", f"eval/reward/{task}"
+        lines.append(
+            f"{task:<{width}}  {100 * before.get(acc, float('nan')):5.1f}% -> {100 * after[acc]:5.1f}%"
+            f"        {before.get(reward, float('nan')):.3f} -> {after[reward]:.3f}"
+        )
+    mean = "eval/acc_task_mean"
+    lines.append(f"{'mean of tasks':<{width}}  {100 * before.get(mean, float('nan')):5.1f}% -> {100 * after[mean]:5.1f}%")
+    return lines
 
 
 def train(cfg: Config) -> dict:

@@ -83,3 +83,14 @@ def test_tiny_recipe_runs_every_stage(recipe, tmp_path):
     for earlier, later in zip(producing, producing[1:]):
         assert earlier["model"] != later["model"]
     assert (tmp_path / "stages.json").exists()
+    if recipe == "m2_reasoning":
+        # The tiny preset is M2's text + image mix on the tiny Qwen2-VL: scene families are evaluated,
+        # and each stage's model folder carries the image processor the next stage loads.
+        from data.spatial_scenes import FAMILIES
+
+        evaluated = {key.rsplit("/", 1)[1] for key in results[-1]["summary"]["eval_after"] if key.startswith("eval/acc/")}
+        assert {"math", "multiple_choice"} <= evaluated and evaluated & set(FAMILIES)
+        from trainer.vision import load_processor
+
+        for result in results:
+            assert load_processor(result["model"]).image_processor.merge_size == 2, result["model"]

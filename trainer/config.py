@@ -40,8 +40,8 @@ class TinyVisionConfig:
     "Pixels each image is resized to (112 x 112 = 64 patches = 16 image tokens)."
     text_rope_theta: float = 2.0
     """Rotary base of the language model. Qwen2-VL's mrope gives an image's width axis the slowest
-    rotary frequencies: at the usual 10000 a 4-column grid's columns differ by under 0.01 rad and the
-    tiny model never learnt left from right (600 SFT steps); at 2 it did within 500."""
+    rotary frequencies: at the usual 10000 a 4-column grid's columns differ by under 0.01 rad. Probe
+    (one square, "left or right?"): at 10000 no learning in 300 SFT steps; at 2 learnt by step 500."""
 
 
 @dataclass

@@ -288,7 +288,7 @@ class Trainer:
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         self.actor.call("save_pretrained", str(out_dir))
-        self.tokenizer.save_pretrained(out_dir)
+        self._save_text_and_image_processing(out_dir)
         (out_dir / "stage_done.json").write_text(json.dumps({"steps": cfg.steps, "loss_curve": curve}))
         # RL starts a fresh actor from the saved model (fresh optimiser and schedule), the same
         # whether SFT ran just now or is reused from an earlier run.
@@ -639,8 +639,16 @@ class Trainer:
         """The actor's current weights and the tokenizer as a Hugging Face folder (the stage's output)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         self.actor.call("save_pretrained", str(out_dir))
-        self.tokenizer.save_pretrained(out_dir)
+        self._save_text_and_image_processing(out_dir)
         return out_dir
+
+    def _save_text_and_image_processing(self, out_dir: Path) -> None:
+        """The tokenizer, and for a vision model its processor too, so the folder loads as the next stage's model."""
+        from trainer.vision import is_vision_model
+
+        self.tokenizer.save_pretrained(out_dir)
+        if is_vision_model(self.base_model_path):
+            self._vision_processor().save_pretrained(out_dir)
 
     def close(self) -> None:
         if self.simulator is not None:

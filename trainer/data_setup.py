@@ -12,15 +12,12 @@ from trainer.config import Config
 def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], list[Sample]]:
     from data import synthetic
     from data.arithmetic import make_splits
+    from data.spatial_scenes import spatial_scenes
 
     if name == "spatial_scenes":
-        from data.spatial_scenes import spatial_scenes
-
         return spatial_scenes(cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed, image_dir=image_dir)
     if name == "math_choice_and_spatial":
         # M2-Reasoning's mix at tiny scale: text math and multiple choice, plus image scene questions, half each.
-        from data.spatial_scenes import spatial_scenes
-
         n_train, n_eval = cfg.data.num_train, cfg.data.num_eval
         text_train, text_eval = synthetic.math_and_choice(n_train - n_train // 2, n_eval - n_eval // 2,
                                                           seed=cfg.trainer.seed)

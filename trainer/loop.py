@@ -643,12 +643,14 @@ class Trainer:
         return out_dir
 
     def _save_text_and_image_processing(self, out_dir: Path) -> None:
-        """The tokenizer, and for a vision model its processor too, so the folder loads as the next stage's model."""
+        """The tokenizer, or for a vision model its processor (which writes the tokenizer too), so the
+        folder loads as the next stage's model."""
         from trainer.vision import is_vision_model
 
-        self.tokenizer.save_pretrained(out_dir)
         if is_vision_model(self.base_model_path):
             self._vision_processor().save_pretrained(out_dir)
+        else:
+            self.tokenizer.save_pretrained(out_dir)
 
     def close(self) -> None:
         if self.simulator is not None:

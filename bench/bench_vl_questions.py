@@ -8,6 +8,7 @@ Every `--eval-every` steps it prints the held-out accuracy of the answer digit (
 `<answer>\\boxed{`); answers are 0 to 5 about equally often, so chance is about 1/6.
 
     .venv/bin/python bench/bench_vl_questions.py            # about 5 minutes on 2 cores
+    .venv/bin/python bench/bench_vl_questions.py --only varied --fixed-first 400   # curriculum
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def make_scenes(n: int, values: list[str], rng: random.Random, folder: Path, pre
     return scenes
 
 
-def run(train, held_out, model_dir: Path, args) -> list[tuple[int, float]]:
+def run(train, held_out, model_dir: Path, args, first=None) -> list[tuple[int, float]]:
+    """SFT on `train` (on `first` for the first `args.fixed_first` steps, when given); the accuracy curve."""
     from transformers import Qwen2VLForConditionalGeneration
 
     torch.manual_seed(0)
@@ -91,6 +93,7 @@ def run(train, held_out, model_dir: Path, args) -> list[tuple[int, float]]:
         return input_ids, mask, labels, media
 
     train_rows, eval_rows = encode(train), encode(held_out)
+    first_rows = encode(first) if first else None
     digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(6)]
 
     def accuracy() -> float:
@@ -111,7 +114,8 @@ def run(train, held_out, model_dir: Path, args) -> list[tuple[int, float]]:
     rng = random.Random(0)
     curve = [(0, accuracy())]
     for step in range(1, args.steps + 1):
-        input_ids, mask, labels, media = batch(rng.sample(train_rows, args.batch_size), with_target=True)
+        pool = first_rows if first_rows and step <= args.fixed_first else train_rows
+        input_ids, mask, labels, media = batch(rng.sample(pool, args.batch_size), with_target=True)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **media).loss
         optimizer.zero_grad()
         loss.backward()
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--question-first", action="store_true", help="ask the question before the image")
     parser.add_argument("--only", choices=["fixed", "varied"], help="run one of the two")
     parser.add_argument("--eval", type=int, default=200)
+    parser.add_argument("--fixed-first", type=int, default=0, metavar="N",
+                        help="varied run: train its first N steps on the fixed question (a curriculum)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +151,10 @@ def main() -> None:
             held_out = make_scenes(args.eval, values, rng, folder, f"{name}-eval")
             train = make_scenes(args.train, values, rng, folder, f"{name}-train")
             started = time.time()
-            curve = run(train, held_out, model_dir, args)
+            first = None
+            if name == "varied" and args.fixed_first:
+                first = make_scenes(args.train, ["red"], random.Random(1), folder, "first")
+            curve = run(train, held_out, model_dir, args, first)
             points = "  ".join(f"{step}:{acc:.1%}" for step, acc in curve)
             print(f"{name:7s} held-out accuracy by SFT step  {points}  ({time.time() - started:.0f} s)", flush=True)
 

@@ -286,9 +286,7 @@ class Trainer:
         self.tracker.print(
             f"[sft] {cfg.steps} steps in {time.time() - start:.0f}s, loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}"
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.actor.call("save_pretrained", str(out_dir))
-        self._save_text_and_image_processing(out_dir)
+        self.save_model(out_dir)
         (out_dir / "stage_done.json").write_text(json.dumps({"steps": cfg.steps, "loss_curve": curve}))
         # RL starts a fresh actor from the saved model (fresh optimiser and schedule), the same
         # whether SFT ran just now or is reused from an earlier run.
@@ -636,21 +634,17 @@ class Trainer:
         return summary
 
     def save_model(self, out_dir: Path) -> Path:
-        """The actor's current weights and the tokenizer as a Hugging Face folder (the stage's output)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.actor.call("save_pretrained", str(out_dir))
-        self._save_text_and_image_processing(out_dir)
-        return out_dir
-
-    def _save_text_and_image_processing(self, out_dir: Path) -> None:
-        """The tokenizer, or for a vision model its processor (which writes the tokenizer too), so the
-        folder loads as the next stage's model."""
+        """The actor's current weights and the tokenizer as a Hugging Face folder (the stage's output);
+        for a vision model its processor, which writes the tokenizer too, so the next stage loads it."""
         from trainer.vision import is_vision_model
 
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.actor.call("save_pretrained", str(out_dir))
         if is_vision_model(self.base_model_path):
             self._vision_processor().save_pretrained(out_dir)
         else:
             self.tokenizer.save_pretrained(out_dir)
+        return out_dir
 
     def close(self) -> None:
         if self.simulator is not None:

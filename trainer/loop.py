@@ -51,15 +51,13 @@ class Trainer:
         self._image_prompts: dict[int, tuple[list[int], str]] = {}  # id(sample) -> (token ids, chat text)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.train_samples, self.eval_samples = load_prompt_sets(cfg, image_dir=self.run_dir / "images")
-        if cfg.rollout.engine == "vllm" and any(s.images for s in self.train_samples + self.eval_samples):
-            from trainer.vision import has_torchvision
-
-            if not has_torchvision():
-                raise ValueError(
-                    "rollout.engine=vllm: the data has images, and vLLM's Qwen2-VL input processing needs torchvision, "
-                    "which is not installed (a torchvision build matching this torch is required); "
-                    "use rollout.engine=hf for image prompts here"
-                )
+        self.max_images_per_prompt = max((len(s.images) for s in self.train_samples + self.eval_samples), default=0)
+        if cfg.rollout.engine == "vllm" and self.max_images_per_prompt and not self.use_ray:
+            raise ValueError(
+                "rollout.engine=vllm with image prompts needs engine.ray=true: vLLM runs vision models on its "
+                "Transformers backend, which patches transformers' model classes in its process, so rollout needs "
+                "a process of its own (or use rollout.engine=hf)"
+            )
         self.sampler = self._make_sampler()
         from rewards.compose import RewardComposer
 
@@ -212,7 +210,9 @@ class Trainer:
             **({"max_model_len": self.max_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
                 "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
                 "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
-                "tensor_parallel_size": cfg.rollout.tensor_parallel_size}
+                "tensor_parallel_size": cfg.rollout.tensor_parallel_size,
+                "max_images_per_prompt": self.max_images_per_prompt,
+                "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
                if cfg.rollout.engine == "vllm" else {}),
         )
         if cfg.rollout.weight_sync == "collective":

@@ -21,6 +21,7 @@ class Media:
     image_grid_thw: torch.Tensor
     image_tokens: int  # <|image_pad|> tokens the prompt must hold for these images
     source: str  # the sample it came from, for errors
+    image_paths: tuple[str, ...] = ()  # the files, for engines that run their own processor (vLLM)
 
 
 def has_torchvision() -> bool:
@@ -48,6 +49,28 @@ def image_only_processor_class():
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
 
     return ImageOnlyQwen2VLProcessor
+
+
+def register_image_only_processor() -> None:
+    """Make AutoProcessor build the image-only processor for Qwen2-VL family folders (for vLLM, which
+    loads the processor itself) where torchvision is missing."""
+    if has_torchvision():
+        return
+    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig
+
+    for config_class in (Qwen2VLConfig, Qwen2_5_VLConfig):
+        AutoProcessor.register(config_class, image_only_processor_class(), exist_ok=True)
+
+
+def collapse_image_runs(token_ids: list[int], image_token_id: int) -> list[int]:
+    """Each run of image placeholder tokens as one token: the prompt as it was before the processor
+    expanded it, which is the form vLLM expects (it expands placeholders itself)."""
+    out: list[int] = []
+    for token in token_ids:
+        if token == image_token_id and out and out[-1] == image_token_id:
+            continue
+        out.append(token)
+    return out
 
 
 def is_vision_model(path: str) -> bool:
@@ -101,6 +124,7 @@ def encode_with_images(processor, text: str, image_paths: list[str], source: str
         image_grid_thw=encoded["image_grid_thw"],
         image_tokens=expected_image_tokens(encoded["image_grid_thw"], processor.image_processor.merge_size),
         source=source,
+        image_paths=tuple(image_paths),
     )
     return encoded["input_ids"][0].tolist(), media
 

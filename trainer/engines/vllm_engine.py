@@ -9,14 +9,23 @@ With `tensor_parallel_size > 1` vLLM shards the model over that many worker
 processes of its own (the `mp` executor, inside this worker's GPUs or cores).
 New weights then travel once through a safetensors file in shared memory
 (/dev/shm) that every shard reads its slice of.
+
+Vision-language models (Qwen2-VL family) run on vLLM's Transformers backend: vLLM's own Qwen2-VL
+imports transformers' torchvision image processor, and no CPU torchvision build is installable
+here. The backend patches transformers' model classes in its process, so the engine must have a
+process of its own (a Ray rollout actor). Prompts go in with each image placeholder run collapsed
+to one token and vLLM expands it again with the model folder's processor; the expanded ids must
+equal the trainer's, or the sample is named in an error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -46,6 +55,9 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         sleep_mode: bool = False,
         tensor_parallel_size: int = 1,
+        max_images_per_prompt: int = 0,
+        image_min_pixels: int | None = None,
+        image_max_pixels: int | None = None,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -56,6 +68,7 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(tensor_parallel_size))
         from vllm import LLM
 
+        vision_kwargs = self._vision_setup(model_path, max_images_per_prompt, image_min_pixels, image_max_pixels)
         for name in ("vllm.model_executor.model_loader.reload.layerwise", "vllm.renderers.base"):
             logging.getLogger(name).addFilter(_DropExpectedWarnings())
 
@@ -64,7 +77,8 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
-            skip_tokenizer_init=True,
+            # The processor vLLM runs on images needs the tokenizer; text-only prompts arrive as ids.
+            skip_tokenizer_init=self.image_token_id is None,
             gpu_memory_utilization=gpu_memory_utilization,
             max_num_seqs=max_num_seqs,
             enforce_eager=True,
@@ -75,12 +89,33 @@ class VLLMEngine:
             enable_sleep_mode=sleep_mode and torch.cuda.is_available(),
             tensor_parallel_size=tensor_parallel_size,
             **({"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}),
+            **vision_kwargs,
         )
         self.sleep_mode = sleep_mode and torch.cuda.is_available()
         # Per-request seeds make sampling independent of batching, but vLLM's CPU path fails on them
         # once a prompt batch is prefilled in chunks ("CPU Generator does not use offset"); on CPU the
         # engine's own seeded generator is used instead (a rerun from scratch still samples the same).
         self.per_request_seeds = torch.cuda.is_available()
+
+    def _vision_setup(self, model_path: str, max_images: int, min_pixels: int | None, max_pixels: int | None) -> dict:
+        """vLLM arguments for a vision-language model folder (none for a text model)."""
+        from trainer.vision import is_vision_model, load_processor, register_image_only_processor
+
+        self.image_token_id, self.banned_tokens = None, []
+        if not is_vision_model(model_path):
+            return {}
+        register_image_only_processor()
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        self.image_token_id = config["image_token_id"]
+        # Never sampled: a placeholder in a response would need image features that do not exist.
+        self.banned_tokens = [config[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                  "vision_end_token_id") if config.get(k) is not None]
+        kwargs = {"model_impl": "transformers", "limit_mm_per_prompt": {"image": max(1, max_images)}}
+        if min_pixels or max_pixels:
+            # The same resize bounds as the trainer's processor (model.image_min_pixels / image_max_pixels).
+            size = load_processor(model_path, min_pixels, max_pixels).image_processor.size
+            kwargs["mm_processor_kwargs"] = {"size": dict(size)}
+        return kwargs
 
     def sleep(self) -> None:
         if self.sleep_mode:
@@ -92,12 +127,16 @@ class VLLMEngine:
             self.llm.wake_up()
 
     def generate(
-        self, prompts: list[list[int]], spec: SamplingSpec, indices: list[int] | None = None
+        self, prompts: list[list[int]], spec: SamplingSpec, indices: list[int] | None = None,
+        media: list | None = None,
     ) -> list[Completion]:
+        """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         indices = list(range(len(prompts))) if indices is None else indices
+        media = media or [None] * len(prompts)
+        if any(m is not None for m in media) and self.image_token_id is None:
+            raise ValueError(f"sample {next(m for m in media if m).source}: has images but the rollout model is text-only")
         params = [
             SamplingParams(
                 n=spec.n,
@@ -109,14 +148,22 @@ class VLLMEngine:
                 logprobs=0,
                 seed=spec.seed + index if self.per_request_seeds else None,
                 detokenize=False,
+                # -100 is vLLM's floor for a bias; it takes those tokens' probability to about e^-100.
+                logit_bias={token: -100.0 for token in self.banned_tokens} or None,
             )
             for index in indices
         ]
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
+            [self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False
         )
         completions = []
-        for prompt_index, output in zip(indices, outputs):
+        for prompt_index, prompt, item, output in zip(indices, prompts, media, outputs):
+            if item is not None and list(output.prompt_token_ids) != list(prompt):
+                raise ValueError(
+                    f"sample {item.source}: vLLM's processor expanded its images to "
+                    f"{list(output.prompt_token_ids).count(self.image_token_id)} image tokens, the trainer's to "
+                    f"{list(prompt).count(self.image_token_id)} (the two processors resize images differently)"
+                )
             for sample in output.outputs:
                 token_ids = list(sample.token_ids)
                 logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs or [], token_ids)]
@@ -130,12 +177,29 @@ class VLLMEngine:
                 )
         return completions
 
+    def _prompt(self, token_ids: list[int], media):
+        from vllm.inputs import TokensPrompt
+
+        if media is None:
+            return TokensPrompt(prompt_token_ids=list(token_ids))
+        from trainer.vision import collapse_image_runs, load_images
+
+        return TokensPrompt(
+            prompt_token_ids=collapse_image_runs(list(token_ids), self.image_token_id),
+            multi_modal_data={"image": load_images(list(media.image_paths), media.source)},
+        )
+
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        if self.image_token_id is not None:
+            state_dict = checkpoint_names(state_dict)
         if self.tensor_parallel_size == 1:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
         else:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self._write_shared(state_dict)})
         self.llm.reset_prefix_cache()
+        if self.image_token_id is not None:
+            # Image features computed with the old weights must not be reused.
+            self.llm.llm_engine.reset_encoder_cache()
 
     def _write_shared(self, state_dict: dict[str, torch.Tensor]) -> str:
         """Write the weights where all tensor-parallel shards can read them; the folder is reused."""
@@ -180,6 +244,19 @@ class VLLMEngine:
         if self.tensor_parallel_size > 1:
             raise NotImplementedError("weights() reads one engine process; with tensor parallelism each holds a slice")
         return self.llm.collective_rpc(read)[0]
+
+
+def checkpoint_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Qwen2-VL family weights under the names their checkpoints use, which is what vLLM loads:
+    transformers holds them as model.language_model.* and model.visual.* but saves model.* and visual.*."""
+    renamed = {}
+    for name, tensor in state_dict.items():
+        if name.startswith("model.visual."):
+            name = name[len("model."):]
+        elif name.startswith("model.language_model."):
+            name = "model." + name[len("model.language_model."):]
+        renamed[name] = tensor
+    return renamed
 
 
 def cpu_binding(tensor_parallel_size: int) -> str:

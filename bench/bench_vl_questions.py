@@ -1,13 +1,15 @@
 """How fast does the tiny Qwen2-VL learn to count, with one fixed question or the question varying?
 
 Scenes from data/spatial_scenes.py's renderer (2 to 5 shapes, image first, as the generator lays
-them out). Two runs of plain SFT on `<answer>\\boxed{N}</answer>` from the embedded tiny_vl model:
+them out). Three runs of plain SFT on `<answer>\\boxed{N}</answer>` from the embedded tiny_vl model:
 - fixed: always "How many red objects are there?";
-- varied: the count family's questions, one of 4 colours or 3 shapes ("How many circles are there?").
+- varied: the count family's questions, one of 4 colours or 3 shapes ("How many circles are there?");
+- question (a control): the varied questions, but the target digit depends on the asked word alone
+  (red 0, green 1, ..., circle 4, square 5, triangle 0), not on the picture.
 Every `--eval-every` steps it prints the held-out accuracy of the answer digit (argmax after
 `<answer>\\boxed{`); answers are 0 to 5 about equally often, so chance is about 1/6.
 
-    .venv/bin/python bench/bench_vl_questions.py            # about 5 minutes on 2 cores
+    .venv/bin/python bench/bench_vl_questions.py            # all three runs, about 6 minutes on 2 cores
     .venv/bin/python bench/bench_vl_questions.py --only varied --fixed-first 400   # curriculum
 """
 
@@ -134,7 +136,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--question-first", action="store_true", help="ask the question before the image")
-    parser.add_argument("--only", choices=["fixed", "varied"], help="run one of the two")
+    parser.add_argument("--only", choices=["fixed", "varied", "question"], help="run one of the three")
     parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--fixed-first", type=int, default=0, metavar="N",
                         help="varied run: train its first N steps on the fixed question (a curriculum)")
@@ -144,12 +146,16 @@ def main() -> None:
         folder = Path(tmp)
         model_dir = build_tiny_vl_model(TinyModelConfig(max_position_embeddings=512), TinyVisionConfig(),
                                         folder / "model", seed=0, image_pixels=TinyVisionConfig().image_pixels)
-        for name, values in (("fixed", ["red"]), ("varied", [*COLOURS, *SHAPES])):
+        every = [*COLOURS, *SHAPES]
+        for name, values in (("fixed", ["red"]), ("varied", every), ("question", every)):
             if args.only not in (None, name):
                 continue
             rng = random.Random(0)
             held_out = make_scenes(args.eval, values, rng, folder, f"{name}-eval")
             train = make_scenes(args.train, values, rng, folder, f"{name}-train")
+            if name == "question":
+                digit = {question(value): i % 6 for i, value in enumerate(every)}
+                held_out, train = ([(path, asked, digit[asked]) for path, asked, _ in scenes] for scenes in (held_out, train))
             started = time.time()
             first = None
             if name == "varied" and args.fixed_first:

@@ -97,12 +97,11 @@ def run(train, held_out, model_dir: Path, args, first=None) -> list[tuple[int, f
 
     train_rows, eval_rows = encode(train), encode(held_out)
     first_rows = encode(first) if first else None
-    asked_order = list(dict.fromkeys(asked for _, asked, _ in train))  # first-seen order of the questions
+    # --staged N: stage k trains on the rows whose question is among the first k seen; k = 1 + (step-1)//N.
+    asked_order = list(dict.fromkeys(asked for _, asked, _ in train))
+    staged_pools = [[row for row, (_, asked, _) in zip(train_rows, train) if asked in asked_order[:k]]
+                    for k in range(1, len(asked_order) + 1)]
 
-    def staged_pool(step: int) -> list:
-        """--staged N: the train rows whose question is among the first 1 + (step-1)//N asked."""
-        allowed = set(asked_order[: 1 + (step - 1) // args.staged])
-        return [row for row, (_, asked, _) in zip(train_rows, train) if asked in allowed]
     digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(6)]
 
     def accuracy() -> float:
@@ -125,7 +124,7 @@ def run(train, held_out, model_dir: Path, args, first=None) -> list[tuple[int, f
     for step in range(1, args.steps + 1):
         pool = first_rows if first_rows and step <= args.fixed_first else train_rows
         if args.staged:
-            pool = staged_pool(step)
+            pool = staged_pools[min((step - 1) // args.staged, len(staged_pools) - 1)]
         input_ids, mask, labels, media = batch(rng.sample(pool, args.batch_size), with_target=True)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, **media).loss
         optimizer.zero_grad()

@@ -195,3 +195,12 @@ class TaskHomogeneousSampler:
             cached = (epoch, rng.permutation(len(self.samples[task])))
             self._orders[task] = cached
         return cached[1]
+
+
+def staged_pool(stages: Sequence[int], step: int, stage_steps: int) -> list[int]:
+    """Indices a staged curriculum may draw from at `step` (from 0): the samples whose stage is at most
+    the (step // stage_steps)-th smallest distinct stage, so one more stage comes in every
+    `stage_steps` steps and all are in once the largest has."""
+    levels = sorted(set(stages))
+    level = levels[min(len(levels) - 1, step // stage_steps)]
+    return [i for i, stage in enumerate(stages) if stage <= level]

@@ -27,6 +27,11 @@ Clear by construction:
   circle" names one object. Count scenes may repeat pairs and are built around an answer drawn
   first: 0 in about 10% of questions (a colour or shape not drawn), else 1..5 equally often.
 
+Options: `colours` draws from a subset of the palette (at least two, in the order given);
+`distinct_colours=True` gives the naming families' scenes one object per colour (so at most as many
+objects as colours), so "the red circle" is also the only red object. Both shrink the vocabulary a
+question can bind to the picture, for a small model learning from scratch.
+
 Boxes are integer pixels, inclusive-exclusive: `[x1, y1, x2, y2]` covers columns x1..x2-1 and rows
 y1..y2-1, so x2 - x1 is the width and the box of an object is exactly its drawn pixels' extent.
 
@@ -34,7 +39,10 @@ Every sample: `task` = family, `messages` = one user turn `[{"type": "image"}, {
 "text": question}]` (Qwen2-VL format), `images` = [absolute path of `<id>.png` under image_dir],
 ids `train-00000` / `eval-00000` (so one image_dir should hold one dataset), and metadata
 `family`, `canvas`, `objects` (list of {shape, colour, box} in drawing order), `difficulty` (the
-number of objects, a curriculum key), `choices` (choice families) and `sft_target`, the answer
+number of objects, a curriculum key), `word_rank` (the position, in the palette's colours then
+circle, square, triangle, of the last of these words the question needs; with `distinct_colours`
+naming questions need only their colours: a key for a curriculum that adds one question word at a
+time), `choices` (choice families) and `sft_target`, the answer
 alone: `<answer>\boxed{3}</answer>`, `<answer>\boxed{A}</answer>` or
 `<answer>\boxed{[x1,y1,x2,y2]}</answer>`.
 
@@ -131,8 +139,6 @@ def _apart(a: _Object, b: _Object) -> bool:
             or a.y2 + BOX_GAP <= b.y1 or b.y2 + BOX_GAP <= a.y1)
 
 
-_ALL_KINDS = [(shape, colour) for shape in SHAPES for colour in COLOURS]
-
 
 def _place(rng: random.Random, canvas: int, kinds: Sequence[tuple[str, str]]) -> list[_Object] | None:
     """A random non-overlapping layout of `kinds`, or None when they did not fit (caller redraws)."""
@@ -178,12 +184,12 @@ def _two_options(rng: random.Random, correct: str, wrong: str) -> tuple[str, str
     return f"A. {first}\nB. {second}", letter, {"A": first, "B": second}
 
 
-def _count_plan(rng: random.Random) -> tuple[list[tuple[str, str]], Question]:
+def _count_plan(rng: random.Random, palette: Sequence[str]) -> tuple[list[tuple[str, str]], Question]:
     """Kinds for a count scene and its question. The answer is drawn first, so answers 1..5 are
     equally common (0 rarer); drawing the scene first would make most answers 1."""
     by_colour = rng.random() < 0.5
-    values = list(COLOURS) if by_colour else list(SHAPES)
-    others = list(SHAPES) if by_colour else list(COLOURS)
+    values = list(palette) if by_colour else list(SHAPES)
+    others = list(SHAPES) if by_colour else list(palette)
     value = rng.choice(values)
     answer = 0 if rng.random() < ZERO_COUNT_SHARE else rng.randint(1, MAX_OBJECTS)
     total = rng.randint(max(MIN_OBJECTS, answer), MAX_OBJECTS)
@@ -266,6 +272,14 @@ _QUESTIONS: dict[str, Callable[[random.Random, Sequence[_Object], int], Question
 }
 
 
+def _word_rank(question: str, needs_shapes: bool, palette: Sequence[str]) -> int:
+    """Position, in (palette colours in order, then circle, square, triangle), of the last of these
+    words the question needs: an SFT curriculum key that brings in one question word at a time."""
+    order = [*palette, *(SHAPES if needs_shapes else ())]
+    words = {word.rstrip("s") for word in question.replace("?", " ").replace(".", " ").split()}
+    return max(i for i, word in enumerate(order) if word in words)
+
+
 def _answer_text(ground_truth: Any) -> str:
     if isinstance(ground_truth, list):
         return "[" + ",".join(str(v) for v in ground_truth) + "]"
@@ -299,18 +313,38 @@ def _check_arguments(n_train: Any, n_eval: Any, seed: Any, canvas: Any, families
     return families
 
 
+def _check_palette(colours: Any) -> list[str]:
+    if colours is None:
+        return list(COLOURS)
+    if isinstance(colours, str) or not isinstance(colours, Sequence):
+        raise ValueError(f"colours must be a list of colour names, got {colours!r}")
+    colours = list(colours)
+    unknown = [c for c in colours if c not in COLOURS]
+    if unknown:
+        raise ValueError(f"colours has unknown name(s) {unknown}; known: {list(COLOURS)}")
+    if len(set(colours)) != len(colours) or len(colours) < 2:
+        raise ValueError(f"colours needs at least 2 different names, got {colours!r}")
+    return colours
+
+
 def _make_split(
-    rng: random.Random, n: int, split: str, canvas: int, families: Sequence[str], seen: set, image_dir: Path
+    rng: random.Random, n: int, split: str, canvas: int, families: Sequence[str], seen: set, image_dir: Path,
+    palette: Sequence[str], distinct_colours: bool,
 ) -> list[Sample]:
     samples = []
     for index in range(n):
         family = families[index % len(families)]
         for _ in range(_SCENE_TRIES):
             if family == "count":
-                kinds, posed = _count_plan(rng)
+                kinds, posed = _count_plan(rng, palette)
+            elif distinct_colours:
+                # One object per colour, so the colour word alone names it.
+                colours = rng.sample(list(palette), rng.randint(MIN_OBJECTS, min(MAX_OBJECTS, len(palette))))
+                kinds = [(rng.choice(SHAPES), colour) for colour in colours]
             else:
                 # Unique (shape, colour) pairs, so "the red circle" names one object.
-                kinds = rng.sample(_ALL_KINDS, rng.randint(MIN_OBJECTS, MAX_OBJECTS))
+                all_kinds = [(shape, colour) for shape in SHAPES for colour in palette]
+                kinds = rng.sample(all_kinds, rng.randint(MIN_OBJECTS, MAX_OBJECTS))
             objects = _place(rng, canvas, kinds)
             if objects is None:
                 continue
@@ -333,6 +367,8 @@ def _make_split(
             "canvas": canvas,
             "objects": [{"shape": o.shape, "colour": o.colour, "box": o.box} for o in objects],
             "difficulty": len(objects),  # more objects, more clutter: the curriculum key M2-Reasoning sorts by
+            # With one object per colour, naming questions need their colour words only.
+            "word_rank": _word_rank(question, family == "count" or not distinct_colours, palette),
         }
         if choices is not None:
             metadata["choices"] = choices
@@ -356,12 +392,15 @@ def spatial_scenes(
     image_dir: str | Path,
     canvas: int = 112,
     families: Sequence[str] = FAMILIES,
+    colours: Sequence[str] | None = None,
+    distinct_colours: bool = False,
 ) -> tuple[list[Sample], list[Sample]]:
     """`(train, held_out)` scene questions cycling through `families`; PNGs go to `image_dir`.
 
     See the module docstring for the formats. Same arguments give the same samples and image bytes.
     """
     families = _check_arguments(n_train, n_eval, seed, canvas, families)
+    palette = _check_palette(colours)
     # An empty path would mean the working directory: refuse rather than litter it.
     if not isinstance(image_dir, (str, Path)) or not str(image_dir):
         raise ValueError(f"image_dir must be a non-empty path, got {image_dir!r}")
@@ -370,6 +409,8 @@ def spatial_scenes(
     image_dir.mkdir(parents=True, exist_ok=True)
     seen: set = set()
     # String seeds hash with SHA-512, so each stream is fixed across processes and Python runs.
-    held_out = _make_split(random.Random(f"spatial-eval-{seed}"), n_eval, "eval", canvas, families, seen, image_dir)
-    train = _make_split(random.Random(f"spatial-train-{seed}"), n_train, "train", canvas, families, seen, image_dir)
+    held_out = _make_split(random.Random(f"spatial-eval-{seed}"), n_eval, "eval", canvas, families, seen, image_dir,
+                           palette, distinct_colours)
+    train = _make_split(random.Random(f"spatial-train-{seed}"), n_train, "train", canvas, families, seen, image_dir,
+                        palette, distinct_colours)
     return train, held_out

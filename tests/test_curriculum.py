@@ -152,3 +152,25 @@ def test_load_state_dict_rejects_mismatched_state():
         s.load_state_dict(bad)
     with pytest.raises(ValueError, match="lacks"):
         s.load_state_dict({"seed": 0})
+
+
+def test_staged_pool_admits_one_stage_every_stage_steps():
+    from data.curriculum import staged_pool
+
+    stages = [2, 0, 5, 0, 2]  # distinct stages 0, 2, 5
+    assert staged_pool(stages, 0, 10) == [1, 3]
+    assert staged_pool(stages, 9, 10) == [1, 3]
+    assert staged_pool(stages, 10, 10) == [0, 1, 3, 4]
+    assert staged_pool(stages, 20, 10) == [0, 1, 2, 3, 4]
+    assert staged_pool(stages, 500, 10) == [0, 1, 2, 3, 4]
+    assert staged_pool([7, 7], 0, 1) == [0, 1]
+
+
+def test_sft_curriculum_key_must_be_an_integer_on_every_sample():
+    from trainer.loop import _curriculum_stages
+
+    good = [Sample(prompt="p", id="a", metadata={"word_rank": 2}), Sample(prompt="q", id="b", metadata={"word_rank": 0})]
+    assert _curriculum_stages(good, "word_rank") == [2, 0]
+    for bad in ({}, {"word_rank": 1.5}, {"word_rank": True}):
+        with pytest.raises(ValueError, match=r"sft.curriculum_key='word_rank': sample 'c' has metadata"):
+            _curriculum_stages(good + [Sample(prompt="r", id="c", metadata=bad)], "word_rank")

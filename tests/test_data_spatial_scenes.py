@@ -366,12 +366,52 @@ def test_generation_is_fast(tmp_path):
     ({"families": "count"}, "families"),
     ({"image_dir": None}, "image_dir"),
     ({"image_dir": ""}, "image_dir"),
+    ({"colours": ["red", "purple"]}, "colours"),
+    ({"colours": ["red"]}, "colours"),
+    ({"colours": ["red", "red"]}, "colours"),
+    ({"colours": "red"}, "colours"),
 ])
 def test_bad_arguments(tmp_path, kwargs, argument):
     arguments = {"n_train": 2, "n_eval": 2, "seed": 0, "image_dir": tmp_path} | kwargs
     n_train, n_eval = arguments.pop("n_train"), arguments.pop("n_eval")
     with pytest.raises(ValueError, match=argument):
         spatial_scenes(n_train, n_eval, **arguments)
+
+
+def asked_words(sample: Sample) -> tuple[list[str], list[str]]:
+    """Colour and shape words of the question, read with a regex (independent of the generator)."""
+    text = question(sample)
+    return (re.findall(r"\b(red|green|blue|yellow)\b", text),
+            [m.rstrip("s") for m in re.findall(r"\b(circles?|squares?|triangles?)\b", text)])
+
+
+def test_default_word_rank_orders_colours_then_shapes(dataset):
+    order = [*COLOUR_NAMES, *SHAPE_NAMES]
+    for sample in dataset[0] + dataset[1]:
+        colours, shapes = asked_words(sample)
+        assert sample.metadata["word_rank"] == max(order.index(w) for w in colours + shapes), sample.id
+    # Naming questions always need a shape word, so only count questions rank below 4.
+    assert {s.task for s in dataset[0] if s.metadata["word_rank"] < 4} == {"count"}
+
+
+def test_palette_with_one_object_per_colour(tmp_path):
+    palette = ["blue", "red", "green"]
+    train, held_out = spatial_scenes(100, 25, seed=4, image_dir=tmp_path, colours=palette, distinct_colours=True)
+    ranks = collections.Counter()
+    for sample in train + held_out:
+        objects = components(sample.images[0])
+        check_picture(sample, objects, CANVAS)
+        CHECKS[sample.task](sample, objects, CANVAS)
+        drawn = [o.colour for o in objects]
+        assert set(drawn) <= set(palette), sample.id
+        colours, shapes = asked_words(sample)
+        if sample.task == "count":
+            assert sample.metadata["word_rank"] == [*palette, *SHAPE_NAMES].index((colours + shapes)[0])
+        else:
+            assert len(set(drawn)) == len(drawn), sample.id  # the colour names the object
+            assert sample.metadata["word_rank"] == max(palette.index(c) for c in colours), sample.id
+        ranks[sample.metadata["word_rank"]] += 1
+    assert set(ranks) == set(range(6))
 
 
 def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):

@@ -198,3 +198,17 @@ def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
     assert metrics["actor/lr"] == pytest.approx(1e-4) and metrics["actor/optimizer_steps"] == 1
     # Adam has taken exactly the one RL step: none of the 2 SFT steps carried over.
     assert {float(state["step"]) for state in optimiser["state"].values()} == {1.0}
+
+
+def test_staged_sft_draws_only_from_the_admitted_stages(tiny_model_dir):
+    """Before stage 1 comes in, staged SFT on four samples is exactly SFT on the two of stage 0."""
+    prompts = [[2, 3, 11, 4], [5, 11, 6], [7, 8, 11, 9, 4], [3, 3, 11]]
+    targets = [[15, 7, 8, 14], [15, 9, 14], [15, 1, 2, 3, 14], [15, 4, 4, 14]]
+    args = dict(steps=4, batch_size=3, lr=1e-2, weight_decay=0.0, pad_id=0, log_every=1)
+    stage_zero_only = ActorWorker(tiny_model_dir, **configs("torch")).sft(prompts[:2], targets[:2], **args)
+    late = ActorWorker(tiny_model_dir, **configs("torch")).sft(prompts, targets, stages=[0, 0, 1, 1],
+                                                               stage_steps=100, **args)
+    assert late == stage_zero_only
+    early = ActorWorker(tiny_model_dir, **configs("torch")).sft(prompts, targets, stages=[0, 0, 1, 1],
+                                                                stage_steps=2, **args)
+    assert early[:2] == stage_zero_only[:2] and early[2:] != stage_zero_only[2:]

@@ -59,6 +59,16 @@ class ModelConfig:
 
 
 @dataclass
+class SceneConfig:
+    """Options of the `synthetic:spatial_scenes` generator (data/spatial_scenes.py)."""
+
+    colours: Any = None
+    "Colour names to draw (default all: red, green, blue, yellow); word_rank follows this order."
+    distinct_colours: bool = False
+    "One object per colour in the naming families' scenes, so a colour word alone names an object."
+
+
+@dataclass
 class DataConfig:
     train: str = "synthetic:arithmetic"
     "Training prompts: a .jsonl/.parquet file, a dataset folder or name, or `synthetic:<generator>`."
@@ -81,6 +91,7 @@ class DataConfig:
     "task_homogeneous: task -> sampling weight (default uniform)."
     curriculum_key: Optional[str] = None
     "task_homogeneous: order each task's samples by this metadata key, ascending (easy first)."
+    scenes: SceneConfig = field(default_factory=SceneConfig)
 
 
 @dataclass
@@ -209,6 +220,11 @@ class SFTConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
+    curriculum_key: Optional[str] = None
+    """Integer metadata key (e.g. `word_rank`): SFT starts on the samples with its smallest value and
+    admits the next value every `stage_steps` steps; None samples all from the first step."""
+    stage_steps: int = 250
+    "Steps between admitting the next curriculum value."
 
 
 @dataclass
@@ -392,6 +408,8 @@ def validate(cfg: Config) -> None:
             f"actor.micro_batch_size={cfg.actor.micro_batch_size} must divide "
             f"actor.mini_batch_size={cfg.actor.mini_batch_size}"
         )
+    if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:
+        raise ValueError(f"sft.stage_steps={cfg.sft.stage_steps} must be >= 1 when sft.curriculum_key is set")
     if cfg.rollout.engine not in ("vllm", "hf"):
         raise ValueError(f"rollout.engine={cfg.rollout.engine!r}: expected 'vllm' or 'hf'")
     if cfg.algorithm.eps_low < 0 or cfg.algorithm.eps_high < 0:

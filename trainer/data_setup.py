@@ -14,14 +14,18 @@ def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], l
     from data.arithmetic import make_splits
     from data.spatial_scenes import spatial_scenes
 
+    scenes = cfg.data.scenes
+    colours = list(scenes.colours) if scenes.colours is not None else None
     if name == "spatial_scenes":
-        return spatial_scenes(cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed, image_dir=image_dir)
+        return spatial_scenes(cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed, image_dir=image_dir,
+                              colours=colours, distinct_colours=scenes.distinct_colours)
     if name == "math_choice_and_spatial":
         # M2-Reasoning's mix at tiny scale: text math and multiple choice, plus image scene questions, half each.
         n_train, n_eval = cfg.data.num_train, cfg.data.num_eval
         text_train, text_eval = synthetic.math_and_choice(n_train - n_train // 2, n_eval - n_eval // 2,
                                                           seed=cfg.trainer.seed)
-        scene_train, scene_eval = spatial_scenes(n_train // 2, n_eval // 2, seed=cfg.trainer.seed, image_dir=image_dir)
+        scene_train, scene_eval = spatial_scenes(n_train // 2, n_eval // 2, seed=cfg.trainer.seed, image_dir=image_dir,
+                                                 colours=colours, distinct_colours=scenes.distinct_colours)
         return text_train + scene_train, text_eval + scene_eval
 
     generators = {

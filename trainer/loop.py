@@ -278,10 +278,12 @@ class Trainer:
         media = [self._media(s) for s in usable] if any(s.images for s in usable) else None
         eos = self.tokenizer.eos_token_id
         targets = [self.tokenizer(s.metadata["sft_target"], add_special_tokens=False)["input_ids"] + [eos] for s in usable]
+        stages = _curriculum_stages(usable, cfg.curriculum_key) if cfg.curriculum_key else None
         start = time.time()
         curve = self.actor.call(
             "sft", prompts, targets, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-            weight_decay=cfg.weight_decay, pad_id=self.pad_id, media=media,
+            weight_decay=cfg.weight_decay, pad_id=self.pad_id, media=media, stages=stages,
+            stage_steps=cfg.stage_steps,
         )[0]
         self.tracker.print(
             f"[sft] {cfg.steps} steps in {time.time() - start:.0f}s, loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}"
@@ -659,6 +661,18 @@ class Trainer:
 
             remove_placement(self.placement)
             self.placement = None
+
+
+def _curriculum_stages(samples: list[Sample], key: str) -> list[int]:
+    """Each sample's integer `metadata[key]`, for the SFT curriculum; a missing or non-integer value is an error."""
+    stages = []
+    for sample in samples:
+        value = sample.metadata.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"sft.curriculum_key={key!r}: sample {sample.id!r} has metadata[{key!r}] = {value!r}, "
+                             "not an integer")
+        stages.append(value)
+    return stages
 
 
 def per_task_lines(before: dict, after: dict) -> list[str]:

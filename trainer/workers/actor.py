@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import torch
 
+from data.curriculum import staged_pool
 from trainer.algorithms import aggregate, get_kl, get_policy_loss
 from trainer.algorithms.dpo import dpo_nll_loss
 from trainer.batch import TrainBatch
@@ -149,10 +150,14 @@ class ActorWorker:
 
     def sft(self, prompts: list[list[int]], targets: list[list[int]], *, steps: int, batch_size: int,
             lr: float, weight_decay: float, pad_id: int, log_every: int = 50,
-            media: list | None = None) -> list[tuple[int, float]]:
+            media: list | None = None, stages: list[int] | None = None,
+            stage_steps: int = 0) -> list[tuple[int, float]]:
         """Cold-start SFT: maximise the log-prob of each target given its prompt. Returns (step, loss) points.
 
-        Every rank trains on the same batch, so sharded strategies give the single-worker result."""
+        With `stages` (an integer per sample), step s draws only from samples whose stage is at most
+        the (s // stage_steps)-th smallest stage value (counting from 0), so one more value comes in
+        every `stage_steps` steps. Every rank trains on the same batch, so sharded
+        strategies give the single-worker result."""
         if self.cfg["strategy"] == "torch":
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
@@ -176,7 +181,8 @@ class ActorWorker:
         generator = torch.Generator().manual_seed(self.seed)
         curve, running = [], []
         for step in range(steps):
-            rows = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()
+            pool = staged_pool(stages, step, stage_steps) if stages else range(len(prompts))
+            rows = [pool[i] for i in torch.randint(len(pool), (batch_size,), generator=generator).tolist()]
             batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id,
                                               media=[media[i] for i in rows] if media else None)
             logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0)

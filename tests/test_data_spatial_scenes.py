@@ -430,3 +430,22 @@ def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):
     assert all(isinstance(s.metadata["difficulty"], int) for s in train + held_out)
     assert all(s.metadata["difficulty"] == len(s.metadata["objects"]) for s in with_images)
     assert len({s.id for s in train + held_out}) == 15
+
+
+def test_quickstart_vl_scene_options_reach_the_generator(tmp_path):
+    from trainer.compose import compose_config
+    from trainer.data_setup import load_prompt_sets
+    from trainer.loop import _curriculum_stages
+
+    cfg = compose_config(["recipe=quickstart_vl", f"trainer.output_dir={tmp_path}", "data.num_train=40",
+                          "data.num_eval=10"])
+    train, held_out = load_prompt_sets(cfg, image_dir=tmp_path / "images")
+    palette = list(cfg.data.scenes.colours)
+    assert palette == ["red", "green", "blue"] and cfg.data.scenes.distinct_colours
+    for sample in train + held_out:
+        colours = [o["colour"] for o in sample.metadata["objects"]]
+        assert set(colours) <= set(palette)
+        if sample.task != "count":
+            assert len(set(colours)) == len(colours), sample.id
+    # The recipe's SFT curriculum key is on every sample; stages 0..2 are the colours, 3..5 the shapes.
+    assert set(_curriculum_stages(train, cfg.sft.curriculum_key)) <= set(range(6))

@@ -212,3 +212,20 @@ def test_staged_sft_draws_only_from_the_admitted_stages(tiny_model_dir):
     early = ActorWorker(tiny_model_dir, **configs("torch")).sft(prompts, targets, stages=[0, 0, 1, 1],
                                                                 stage_steps=2, **args)
     assert early[:2] == stage_zero_only[:2] and early[2:] != stage_zero_only[2:]
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
+def test_sft_loss_aggregation_by_hand(tiny_model_dir, loss_agg):
+    """The first SFT loss is the initial model's NLL of the drawn targets, averaged per token or per sample."""
+    prompts, targets = [[2, 3, 11, 4], [5, 11, 6]], [[15, 7, 8, 9, 1, 2, 14], [15, 9]]
+    rows = torch.randint(2, (4,), generator=torch.Generator().manual_seed(0)).tolist()  # the actor's draw (seed 0)
+    assert set(rows) == {0, 1}  # both lengths in the batch, so the two averages differ
+    batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], 0)
+    nll = -ActorWorker(tiny_model_dir, **configs("torch")).log_probs(batch, 1.0)
+    lengths = [len(targets[i]) for i in rows]
+    per_row = [float(nll[r, :n].sum()) for r, n in enumerate(lengths)]
+    expected = (sum(per_row) / sum(lengths) if loss_agg == "token_mean"
+                else sum(total / n for total, n in zip(per_row, lengths)) / len(rows))
+    curve = ActorWorker(tiny_model_dir, **configs("torch")).sft(
+        prompts, targets, steps=1, batch_size=4, lr=1e-2, weight_decay=0.0, pad_id=0, log_every=1, loss_agg=loss_agg)
+    assert curve[0][1] == pytest.approx(expected, rel=1e-5)

@@ -225,6 +225,9 @@ class SFTConfig:
     admits the next value every `stage_steps` steps; None samples all from the first step."""
     stage_steps: int = 250
     "Steps between admitting the next curriculum value."
+    loss_agg: str = "token_mean"
+    """token_mean: every target token weighs the same (long targets dominate a mixed batch);
+    seq_mean_token_mean: every sample weighs the same."""
 
 
 @dataclass
@@ -408,6 +411,8 @@ def validate(cfg: Config) -> None:
             f"actor.micro_batch_size={cfg.actor.micro_batch_size} must divide "
             f"actor.mini_batch_size={cfg.actor.mini_batch_size}"
         )
+    if cfg.sft.loss_agg not in ("token_mean", "seq_mean_token_mean"):
+        raise ValueError(f"sft.loss_agg={cfg.sft.loss_agg!r}: expected token_mean or seq_mean_token_mean")
     if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:
         raise ValueError(f"sft.stage_steps={cfg.sft.stage_steps} must be >= 1 when sft.curriculum_key is set")
     if cfg.rollout.engine not in ("vllm", "hf"):

@@ -283,7 +283,7 @@ class Trainer:
         curve = self.actor.call(
             "sft", prompts, targets, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
             weight_decay=cfg.weight_decay, pad_id=self.pad_id, media=media, stages=stages,
-            stage_steps=cfg.stage_steps,
+            stage_steps=cfg.stage_steps, loss_agg=cfg.loss_agg,
         )[0]
         self.tracker.print(
             f"[sft] {cfg.steps} steps in {time.time() - start:.0f}s, loss {curve[0][1]:.3f} -> {curve[-1][1]:.3f}"

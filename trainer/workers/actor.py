@@ -151,7 +151,7 @@ class ActorWorker:
     def sft(self, prompts: list[list[int]], targets: list[list[int]], *, steps: int, batch_size: int,
             lr: float, weight_decay: float, pad_id: int, log_every: int = 50,
             media: list | None = None, stages: list[int] | None = None,
-            stage_steps: int = 0) -> list[tuple[int, float]]:
+            stage_steps: int = 0, loss_agg: str = "token_mean") -> list[tuple[int, float]]:
         """Cold-start SFT: maximise the log-prob of each target given its prompt. Returns (step, loss) points.
 
         With `stages` (an integer per sample), step s draws only from samples whose stage is at most
@@ -186,7 +186,7 @@ class ActorWorker:
             batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id,
                                               media=[media[i] for i in rows] if media else None)
             logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0)
-            loss = -(logp * batch.response_mask).sum() / batch.response_mask.sum()
+            loss = aggregate(-logp, batch.response_mask, loss_agg)
             backward_and_step(loss)
             running.append(float(loss.detach()))
             if (step + 1) % log_every == 0 or step + 1 == steps:

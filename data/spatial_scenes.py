@@ -139,7 +139,6 @@ def _apart(a: _Object, b: _Object) -> bool:
             or a.y2 + BOX_GAP <= b.y1 or b.y2 + BOX_GAP <= a.y1)
 
 
-
 def _place(rng: random.Random, canvas: int, kinds: Sequence[tuple[str, str]]) -> list[_Object] | None:
     """A random non-overlapping layout of `kinds`, or None when they did not fit (caller redraws)."""
     smallest, largest = round(canvas / 8), canvas // 3
@@ -332,6 +331,7 @@ def _make_split(
     palette: Sequence[str], distinct_colours: bool,
 ) -> list[Sample]:
     samples = []
+    all_kinds = [(shape, colour) for shape in SHAPES for colour in palette]
     for index in range(n):
         family = families[index % len(families)]
         for _ in range(_SCENE_TRIES):
@@ -343,7 +343,6 @@ def _make_split(
                 kinds = [(rng.choice(SHAPES), colour) for colour in colours]
             else:
                 # Unique (shape, colour) pairs, so "the red circle" names one object.
-                all_kinds = [(shape, colour) for shape in SHAPES for colour in palette]
                 kinds = rng.sample(all_kinds, rng.randint(MIN_OBJECTS, MAX_OBJECTS))
             objects = _place(rng, canvas, kinds)
             if objects is None:

@@ -167,10 +167,10 @@ def test_staged_pool_admits_one_stage_every_stage_steps():
 
 
 def test_sft_curriculum_key_must_be_an_integer_on_every_sample():
-    from trainer.loop import _curriculum_stages
+    from data.curriculum import curriculum_stages
 
     good = [Sample(prompt="p", id="a", metadata={"word_rank": 2}), Sample(prompt="q", id="b", metadata={"word_rank": 0})]
-    assert _curriculum_stages(good, "word_rank") == [2, 0]
+    assert curriculum_stages(good, "word_rank") == [2, 0]
     for bad in ({}, {"word_rank": 1.5}, {"word_rank": True}):
         with pytest.raises(ValueError, match=r"sft.curriculum_key='word_rank': sample 'c' has metadata"):
-            _curriculum_stages(good + [Sample(prompt="r", id="c", metadata=bad)], "word_rank")
+            curriculum_stages(good + [Sample(prompt="r", id="c", metadata=bad)], "word_rank")

@@ -435,7 +435,7 @@ def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):
 def test_quickstart_vl_scene_options_reach_the_generator(tmp_path):
     from trainer.compose import compose_config
     from trainer.data_setup import load_prompt_sets
-    from trainer.loop import _curriculum_stages
+    from data.curriculum import curriculum_stages
 
     cfg = compose_config(["recipe=quickstart_vl", f"trainer.output_dir={tmp_path}", "data.num_train=40",
                           "data.num_eval=10"])
@@ -448,4 +448,7 @@ def test_quickstart_vl_scene_options_reach_the_generator(tmp_path):
         if sample.task != "count":
             assert len(set(colours)) == len(colours), sample.id
     # The recipe's SFT curriculum key is on every sample; stages 0..2 are the colours, 3..5 the shapes.
-    assert set(_curriculum_stages(train, cfg.sft.curriculum_key)) <= set(range(6))
+    stages = curriculum_stages(train, cfg.sft.curriculum_key)
+    assert set(stages) <= set(range(6))
+    # One object per colour: naming questions rank by their colours alone (0..2).
+    assert {rank for s, rank in zip(train, stages) if s.task != "count"} == {0, 1, 2}

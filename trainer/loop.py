@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.curriculum import TaskHomogeneousSampler
+from data.curriculum import TaskHomogeneousSampler, curriculum_stages
 from data.sampler import PromptSampler
 from data.schema import Sample
 from trainer.algorithms import get_advantage
@@ -278,7 +278,7 @@ class Trainer:
         media = [self._media(s) for s in usable] if any(s.images for s in usable) else None
         eos = self.tokenizer.eos_token_id
         targets = [self.tokenizer(s.metadata["sft_target"], add_special_tokens=False)["input_ids"] + [eos] for s in usable]
-        stages = _curriculum_stages(usable, cfg.curriculum_key) if cfg.curriculum_key else None
+        stages = curriculum_stages(usable, cfg.curriculum_key) if cfg.curriculum_key else None
         start = time.time()
         curve = self.actor.call(
             "sft", prompts, targets, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -661,18 +661,6 @@ class Trainer:
 
             remove_placement(self.placement)
             self.placement = None
-
-
-def _curriculum_stages(samples: list[Sample], key: str) -> list[int]:
-    """Each sample's integer `metadata[key]`, for the SFT curriculum; a missing or non-integer value is an error."""
-    stages = []
-    for sample in samples:
-        value = sample.metadata.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"sft.curriculum_key={key!r}: sample {sample.id!r} has metadata[{key!r}] = {value!r}, "
-                             "not an integer")
-        stages.append(value)
-    return stages
 
 
 def per_task_lines(before: dict, after: dict) -> list[str]:

@@ -65,8 +65,8 @@ def _resolve(candidate: str, options: dict[str, str], letters: str) -> tuple[str
     return None, "no option letter found"
 
 
-def _candidate(completion: str, require_answer_tag: bool) -> tuple[str | None, str]:
-    answer, where = boxed_or_tagged_answer(completion, require_answer_tag)
+def _candidate(completion: str, require_answer_tag: bool, reject_hedging: bool) -> tuple[str | None, str]:
+    answer, where = boxed_or_tagged_answer(completion, require_answer_tag, reject_hedging)
     if answer is not None or where != NO_BOXED_OR_TAG:
         return answer, where
     # No box and no <answer> tag: fall back to an "Answer: C" line or a short bare response.
@@ -86,19 +86,20 @@ def multiple_choice(
     *,
     require_answer_tag: bool = False,
     choices_field: str = "choices",
+    reject_hedging: bool = False,
 ) -> RewardOutput:
     r"""1.0 when the chosen option equals the gold option, else 0.0.
 
-    The final answer is read from the answer region (see ``boxed_answer``): a single ``\boxed{...}``,
+    The final answer is read from the answer region (see ``boxed_answer``): the last ``\boxed{...}``,
     else the ``<answer>`` content, else the last ``Answer: ...``/``answer is ...`` line, else a short
     whole response. It may be a letter (``C``, ``(C)``, ``C.``, ``C) text``) or, when
-    ``sample.field(choices_field)`` is a list or dict of options, an option's text. Two different boxes
-    or two different option letters (``A or B``) score 0. The ground truth is a letter or an option
+    ``sample.field(choices_field)`` is a list or dict of options, an option's text. Two different option
+    letters in the answer (``A or B``) score 0, and so do two different boxes with ``reject_hedging``. The ground truth is a letter or an option
     text; without options, option texts are compared case-insensitively.
     """
     options = _options(sample.field(choices_field))
     letters = "".join(options) if options else _DEFAULT_LETTERS
-    candidate, source = _candidate(completion, require_answer_tag)
+    candidate, source = _candidate(completion, require_answer_tag, reject_hedging)
     if candidate is None:
         return RewardOutput(0.0, {"extracted": None, "reason": source})
     if len(candidate) > 1000:

@@ -85,7 +85,9 @@ def format_reward(
     ``<think>T</think>`` then optional whitespace then ``<answer>A</answer>``, nothing else outside;
     each of the four tags appears exactly once, A is not blank and T has at least ``min_think_chars``
     non-blank-edged characters. With ``prompt_opens_think`` the prompt already ends with ``<think>``,
-    so the completion must contain no ``<think>`` and starts directly with T.
+    so the completion must contain no ``<think>`` and starts directly with T. (The trainer hands rewards
+    the response with a ``<think>`` its chat template opened put back, so recipes leave this off; it is
+    for completions scored outside the trainer.)
     ``r4b_thinking``: starts exactly with ``<think>\\n``, has one ``<think>`` and one ``</think>``,
     the thinking is not blank (and at least ``min_think_chars`` long) and a non-blank response follows.
     ``r4b_non_thinking``: starts exactly with ``<think>\\n\\n</think>``, no other think tags, and a

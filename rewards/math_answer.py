@@ -88,11 +88,12 @@ def _canonical(answer: str) -> str:
     return _SPACE_RE.sub("", answer)
 
 
-def boxed_or_tagged_answer(completion: str, require_answer_tag: bool = False) -> tuple[str | None, str]:
-    """The final answer text: the single boxed answer of the answer region, else a bare ``<answer>`` body.
+def boxed_or_tagged_answer(completion: str, require_answer_tag: bool = False,
+                           reject_hedging: bool = False) -> tuple[str | None, str]:
+    """The final answer text: the last boxed answer of the answer region, else a bare ``<answer>`` body.
 
-    Returns ``(None, reason)`` when there is none, the box is unclosed, or the region hedges between
-    different boxed answers. Shared by the choice and numeric rewards.
+    Returns ``(None, reason)`` when there is none, the box is unclosed, or (``reject_hedging``) the
+    region holds different boxed answers. Shared by the choice and numeric rewards.
     """
     region, where = answer_region(completion, require_answer_tag)
     if region is None:
@@ -101,7 +102,7 @@ def boxed_or_tagged_answer(completion: str, require_answer_tag: bool = False) ->
     if unclosed:
         return None, "unclosed \\boxed"
     if boxes:
-        if len({_canonical(b) for b in boxes}) > 1:
+        if reject_hedging and len({_canonical(b) for b in boxes}) > 1:
             return None, "hedged: several different boxed answers"
         return boxes[-1], "boxed"
     if where == "answer_tag":
@@ -112,10 +113,12 @@ def boxed_or_tagged_answer(completion: str, require_answer_tag: bool = False) ->
 NO_BOXED_OR_TAG = "no \\boxed or <answer> answer"
 
 
-def final_boxed(completion: str, require_answer_tag: bool = False) -> tuple[str | None, dict[str, Any]]:
-    """The single final boxed answer of a completion, or ``(None, details with a reason)``.
+def final_boxed(completion: str, require_answer_tag: bool = False,
+                reject_hedging: bool = False) -> tuple[str | None, dict[str, Any]]:
+    """The last boxed answer of a completion's answer region, or ``(None, details with a reason)``.
 
-    Two or more different boxed answers in the answer region count as hedging and give None.
+    A response that corrects itself is read by its last box, as verl and math-verify grade; with
+    ``reject_hedging`` two or more different boxed answers count as hedging and give None.
     """
     region, where = answer_region(completion, require_answer_tag)
     if region is None:
@@ -126,7 +129,7 @@ def final_boxed(completion: str, require_answer_tag: bool = False) -> tuple[str 
     if not boxes:
         return None, {"extracted": None, "reason": "no \\boxed answer", "region": where}
     last = boxes[-1].strip()
-    if len({_canonical(b) for b in boxes}) > 1:
+    if reject_hedging and len({_canonical(b) for b in boxes}) > 1:
         return None, {"extracted": _clip(last), "reason": "hedged: several different boxed answers", "region": where}
     if not last:
         return None, {"extracted": "", "reason": "empty \\boxed", "region": where}
@@ -518,13 +521,15 @@ def warmup() -> None:
 
 
 @register_reward("boxed_answer")
-def boxed_answer(completion: str, sample: Sample, *, require_answer_tag: bool = False) -> RewardOutput:
+def boxed_answer(completion: str, sample: Sample, *, require_answer_tag: bool = False,
+                 reject_hedging: bool = False) -> RewardOutput:
     r"""1.0 when the final ``\boxed{...}`` equals ``sample.ground_truth`` mathematically, else 0.0.
 
     The answer is looked for in the last ``<answer>...</answer>`` block if there is one, else after the
     last ``</think>``, else in the whole completion (a ``<think>`` that is never closed gives 0).
-    ``require_answer_tag``: score 0 when there is no ``<answer>`` block.
-    Scores 0 for: no box, an unclosed or empty box, two or more different boxed answers (hedging),
+    ``require_answer_tag``: score 0 when there is no ``<answer>`` block. Several boxes: the last counts
+    (a self-correction); ``reject_hedging``: two or more different boxed answers score 0 instead.
+    Scores 0 for: no box, an unclosed or empty box,
     an answer over 1000 characters, and answers whose evaluation could explode (power towers,
     huge exponents, powers of more than 20,000 digits, huge or repeated factorials) or that the LaTeX
     parser needs seconds for (brackets nested more than 3 deep, more than 80 tokens inside brackets,
@@ -532,7 +537,7 @@ def boxed_answer(completion: str, sample: Sample, *, require_answer_tag: bool = 
     same way. Plain numbers and integer fractions are compared exactly; everything else by math-verify
     (LaTeX parsing only). A list ground truth accepts any of its entries.
     """
-    extracted, details = final_boxed(completion, require_answer_tag)
+    extracted, details = final_boxed(completion, require_answer_tag, reject_hedging)
     if extracted is None:
         return RewardOutput(0.0, details)
     golds = gold_answers(sample.ground_truth)

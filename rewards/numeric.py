@@ -76,14 +76,15 @@ def numeric(
     k: float = 1.0,
     rel_eps: float = 1e-9,
     require_answer_tag: bool = False,
+    reject_hedging: bool = False,
 ) -> RewardOutput:
     r"""``exp(-k * |pred - gold| / max(|gold|, rel_eps))`` in [0, 1] for the final number.
 
-    The number comes from the single final ``\boxed{...}`` (hedged boxes score 0) or else the
+    The number comes from the last ``\boxed{...}`` (with ``reject_hedging``, different boxes score 0) or else the
     ``<answer>`` content, in the answer region described for ``boxed_answer``. A gold of 0 makes any
     error relative to ``rel_eps``, i.e. only (near-)exact answers earn credit.
     """
-    text, source = boxed_or_tagged_answer(completion, require_answer_tag)
+    text, source = boxed_or_tagged_answer(completion, require_answer_tag, reject_hedging)
     if text is None:
         return RewardOutput(0.0, {"extracted": None, "reason": source})
     if len(text) > MAX_ANSWER_CHARS:

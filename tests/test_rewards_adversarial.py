@@ -73,9 +73,13 @@ def _boxed_cases() -> list[Case]:
         Case(r, "correct_in_brackets", r"\boxed{((3))}", 1.0, "equivalent"),
         Case(r, "wrong", r"\boxed{4}", 0.0, "mismatch"),
         Case(r, "box_in_think_ignored", r"<think>\boxed{4}?</think><answer>\boxed{3}</answer>", 1.0),
-        # Hedging: two or more different boxed answers score 0; the same answer twice does not.
-        Case(r, "hedged", r"\boxed{3} or \boxed{4}", 0.0, "hedged"),
-        Case(r, "hedged_correct_last", r"\boxed{4} or \boxed{3}", 0.0, "hedged"),
+        # Several boxes: the last counts (a self-correction); with reject_hedging, different boxes score 0
+        # and the same answer twice does not.
+        Case(r, "last_box_wrong", r"\boxed{3} or \boxed{4}", 0.0, "mismatch"),
+        Case(r, "last_box_correct", r"\boxed{4}. Wait, no: \boxed{3}", 1.0, "exact match"),
+        Case(r, "hedged", r"\boxed{3} or \boxed{4}", 0.0, "hedged", params={"reject_hedging": True}),
+        Case(r, "hedged_correct_last", r"\boxed{4} or \boxed{3}", 0.0, "hedged", params={"reject_hedging": True}),
+        Case(r, "repeated_same_answer_hedging_on", r"\boxed{3}. Final: \boxed{ 3 }", 1.0, params={"reject_hedging": True}),
         Case(r, "hedged_in_one_box", r"\boxed{3 \text{ or } 4}", 0.0),
         Case(r, "repeated_same_answer", r"\boxed{3}. Final: \boxed{ 3 }", 1.0),
         # Code in the answer: compared as text, never run.
@@ -126,7 +130,8 @@ def _choice_cases() -> list[Case]:
         # Hedging: two different options score 0.
         Case(r, "hedged_answer_line", "Answer: A or C", 0.0, "hedged"),
         Case(r, "hedged_in_box", r"\boxed{A or C}", 0.0, "hedged"),
-        Case(r, "hedged_two_boxes", r"\boxed{A} or \boxed{C}", 0.0, "hedged"),
+        Case(r, "last_of_two_boxes", r"\boxed{A} or \boxed{C}", 1.0),
+        Case(r, "hedged_two_boxes", r"\boxed{A} or \boxed{C}", 0.0, "hedged", params={"reject_hedging": True}),
         Case(r, "hedged_list", "Answer: A, C", 0.0, "hedged"),
         # Code in the answer.
         Case(r, "code_in_box", r"\boxed{" + touch("choice_box") + "}", 0.0, "no option letter"),
@@ -161,7 +166,8 @@ def _numeric_cases() -> list[Case]:
         Case(r, "off_by_10_percent_k2", r"\boxed{110}", math.exp(-0.2), params={"k": 2.0}),
         Case(r, "wrong", r"\boxed{-100}", math.exp(-2.0)),
         # Hedging: two numbers score 0.
-        Case(r, "hedged_two_boxes", r"\boxed{90} or \boxed{100}", 0.0, "hedged"),
+        Case(r, "last_of_two_boxes", r"\boxed{90} or \boxed{100}", 1.0),
+        Case(r, "hedged_two_boxes", r"\boxed{90} or \boxed{100}", 0.0, "hedged", params={"reject_hedging": True}),
         Case(r, "hedged_in_box", r"\boxed{90 or 100}", 0.0, "not a single number"),
         Case(r, "hedged_list", "<answer>100, 90</answer>", 0.0, "not a single number"),
         Case(r, "hedged_number_word", r"\boxed{100 or ninety}", 0.0, "not a single number"),

@@ -40,7 +40,8 @@ def test_option_text_and_labelled_choices():
 def test_hedging_scores_zero():
     out = mc(r"\boxed{A or C}", "C", CHOICES)
     assert out.score == 0.0 and out.details["reason"].startswith("hedged")
-    assert mc(r"\boxed{A} \boxed{C}", "C", CHOICES).score == 0.0
+    assert mc(r"\boxed{A} \boxed{C}", "C", CHOICES).score == 1.0  # the last box counts
+    assert mc(r"\boxed{A} \boxed{C}", "C", CHOICES, reject_hedging=True).score == 0.0
     assert mc("Answer: A, C", "C", CHOICES).score == 0.0
 
 

@@ -41,7 +41,7 @@ def test_score_jsonl(tmp_path):
     cases.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out.jsonl"
     proc = run("score", "--reward", "boxed_answer", "--input", str(cases), "--output", str(out),
-               "--param", "require_answer_tag=false")
+               "--param", "require_answer_tag=false", "--param", "reject_hedging=true")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["score"] for r in records] == [1.0, 0.0, 1.0]

@@ -34,11 +34,15 @@ def test_list_and_boxed_gold():
     assert score(r"\boxed{4}", None).details["reason"] == "sample has no usable ground_truth"
 
 
-def test_hedged_answers_score_zero():
-    out = score(r"It is \boxed{3} or \boxed{4}", "3")
+def test_last_box_counts_and_hedging_is_an_option():
+    # A self-correction is graded by its last box (verl's and math-verify's convention).
+    fixed = score(r"So \boxed{4}. Wait, 1 + 2 is \boxed{3}", "3")
+    assert fixed.score == 1.0 and fixed.details["extracted"] == "3"
+    assert score(r"So \boxed{3}. Wait, no: \boxed{4}", "3").score == 0.0
+    out = score(r"It is \boxed{3} or \boxed{4}", "4", reject_hedging=True)
     assert out.score == 0.0 and out.details["reason"].startswith("hedged")
     # Repeating the same answer is not hedging.
-    assert score(r"\boxed{3}. Final: \boxed{ 3 }", "3").score == 1.0
+    assert score(r"\boxed{3}. Final: \boxed{ 3 }", "3", reject_hedging=True).score == 1.0
 
 
 def test_code_in_answer_runs_nothing(tmp_path):

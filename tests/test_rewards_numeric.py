@@ -27,7 +27,8 @@ def test_zero_gold_uses_rel_eps():
 
 
 def test_failures_score_zero():
-    assert num(r"\boxed{3} or \boxed{4}", "3").score == 0.0
+    assert num(r"\boxed{3} or \boxed{4}", "3", reject_hedging=True).score == 0.0
+    assert num(r"\boxed{4} or \boxed{3}", "3").score == 1.0  # the last box counts
     assert num(r"\boxed{x+1}", "3").details["reason"] == "answer is not a single number"
     assert num("the answer is 3", "3").score == 0.0
     assert num(r"\boxed{3}", "three").details["reason"] == "ground_truth is not a number"

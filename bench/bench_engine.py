@@ -24,7 +24,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     args, overrides = parser.parse_known_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_SILENT", "true")
     from trainer.compose import compose_config
     from trainer.loop import Trainer
@@ -36,7 +35,7 @@ def main() -> None:
     ])
     trainer = Trainer(cfg)
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         rows = []
         for step in range(args.warmup + args.steps):
             metrics = trainer.step(step)

@@ -62,3 +62,22 @@ def make_splits(
             )
         )
     return samples[:n_train], samples[n_train:]
+
+
+CHAT_PROMPT = "What is {a} + {b}? Put the final answer in \\boxed{{}}."
+
+
+def chat_splits(n_train: int, n_eval: int, *, seed: int, max_operand: int = 29) -> tuple[list[Sample], list[Sample]]:
+    """Addition asked in words, for pretrained chat models (`synthetic:addition_chat`): operands 0..max_operand,
+    disjoint train and held-out pairs. The SFT target is the one-line form `a + b = \\boxed{a+b}`."""
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    if n_train + n_eval > len(pairs):
+        raise ValueError(f"addition_chat has {len(pairs)} distinct problems; asked for {n_train} + {n_eval}")
+    random.Random(seed).shuffle(pairs)
+    samples = [
+        Sample(prompt=CHAT_PROMPT.format(a=a, b=b), ground_truth=str(a + b), task=TASK,
+               metadata={"digits": len(str(max(a, b))), "sft_target": f"{a} + {b} = \\boxed{{{a + b}}}"},
+               id=f"add-{a}-{b}")
+        for a, b in pairs[: n_train + n_eval]
+    ]
+    return samples[:n_train], samples[n_train:]

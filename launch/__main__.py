@@ -62,7 +62,6 @@ def exit_code(state: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from launch import jobs
 
     jobs.enable_token_auth_if_available()  # before anything imports ray

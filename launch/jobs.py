@@ -17,7 +17,8 @@ from pathlib import Path
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Passed through when set in the submitting shell; values never printed.
-DEFAULT_ENV = ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "HF_TOKEN", "JUDGE_API_KEY")
+DEFAULT_ENV = ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "HF_TOKEN", "HF_ENDPOINT",
+               "HF_HUB_OFFLINE", "JUDGE_API_KEY")
 # Never uploaded: environments, outputs and caches can be gigabytes.
 WORKING_DIR_EXCLUDES = [
     ".venv", ".git", "outputs", "wandb", "**/__pycache__", "*.egg-info", ".pytest_cache", "bench/out",
@@ -112,8 +113,7 @@ class JobSpec:
 
     def runtime_env(self) -> dict:
         env = {"working_dir": str(project_root()), "excludes": list(WORKING_DIR_EXCLUDES),
-               "env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false",
-                            **self.passed_env()}}
+               "env_vars": {"TOKENIZERS_PARALLELISM": "false", **self.passed_env()}}
         if self.requirements == "pinned":
             env["pip"] = pinned_requirements()
         elif self.requirements != "none":

@@ -47,6 +47,13 @@ class RewardBatch:
     completions: list[str] | None = None
 
 
+def accuracy_scores(batch: RewardBatch, accuracy_reward: str) -> list[float]:
+    """Per completion, the score that decides whether it is correct: the accuracy reward's raw score
+    where its task has that term, else the total score."""
+    terms = batch.components.get(accuracy_reward) or [None] * len(batch.scores)
+    return [total if term is None else term for term, total in zip(terms, batch.scores)]
+
+
 def _parse_terms(task: str, terms: Any) -> list[Term]:
     if not isinstance(terms, (list, tuple)) or not terms:
         raise ValueError(f"task {task!r}: expected a non-empty list of reward terms")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
+from rewards.math_answer import answer_region, final_boxed, find_boxed
 
-MODES = ("think_answer", "r4b_thinking", "r4b_non_thinking")
+MODES = ("think_answer", "r4b_thinking", "r4b_non_thinking", "boxed")
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_CLOSING = " \t\n.$)]"  # what may follow a final box: sentence end, closing math delimiters
+_ENDS_WITH_BOX_OPENER = re.compile(r"\\(?:boxed|fbox)\s*\{$")
 
 
 def _validate(params: dict[str, Any]) -> None:
@@ -20,6 +24,21 @@ def _validate(params: dict[str, Any]) -> None:
         raise ValueError("format: min_think_chars must be a non-negative integer")
     if not isinstance(params.get("prompt_opens_think", False), bool):
         raise ValueError("format: prompt_opens_think must be true or false")
+
+
+def _one_final_box(text: str) -> tuple[bool, str]:
+    answer, details = final_boxed(text)
+    if answer is None:
+        return False, details["reason"]
+    region, _ = answer_region(text)
+    boxes, _ = find_boxed(region)
+    if len(boxes) != 1:
+        return False, f"{len(boxes)} boxes"
+    # The region, less closing punctuation, must end with that box: its opener, content, brace.
+    body = region.rstrip(_CLOSING)
+    if not (body.endswith(boxes[0] + "}") and _ENDS_WITH_BOX_OPENER.search(body[: -len(boxes[0]) - 1])):
+        return False, "text after the box"
+    return True, "ok"
 
 
 def _counts(text: str) -> dict[str, int]:
@@ -92,10 +111,16 @@ def format_reward(
     the thinking is not blank (and at least ``min_think_chars`` long) and a non-blank response follows.
     ``r4b_non_thinking``: starts exactly with ``<think>\\n\\n</think>``, no other think tags, and a
     non-blank response follows.
+    ``boxed``: the answer region (as ``boxed_answer`` reads it) has exactly one ``\\boxed{...}``, closed and
+    not empty, and ends with it (only closing punctuation after it), whatever it holds. One final box, so
+    a policy cannot collect it by boxing everything or by running to the length limit; weigh it well
+    below correctness.
     """
     _validate({"mode": mode, "min_think_chars": min_think_chars, "prompt_opens_think": prompt_opens_think})
     if mode == "think_answer":
         ok, reason = _think_answer(completion, min_think_chars, prompt_opens_think)
+    elif mode == "boxed":
+        ok, reason = _one_final_box(completion)
     else:
         ok, reason = _r4b(completion, mode == "r4b_thinking", min_think_chars)
     return RewardOutput(1.0 if ok else 0.0, {"mode": mode, "reason": reason})

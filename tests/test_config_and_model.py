@@ -1,5 +1,6 @@
 """Config composition errors, validation, the tiny model and tokenizer, and offline model errors."""
 
+import os
 import subprocess
 import sys
 
@@ -70,14 +71,18 @@ def test_cli_reports_errors_without_traceback():
 
 
 def test_missing_model_names_the_tiny_preset(tmp_path):
+    # Offline with an empty cache: an error that says so, whatever the network (tests/test_hub.py: online).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "model.path=nobody/no-such-model", f"trainer.output_dir={tmp_path}",
          "tracking.wandb.mode=disabled"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=env,
     )
     assert result.returncode == 2
-    assert "model.path='nobody/no-such-model' is not a local folder" in result.stderr
-    assert "model.path=tiny" in result.stderr
+    assert "model.path='nobody/no-such-model' was not found" in result.stderr
+    assert f"Hugging Face cache {tmp_path / 'hf' / 'hub'}: not there" in result.stderr
+    assert "skipped: offline (HF_HUB_OFFLINE=1 in the environment)" in result.stderr
+    assert "model.path=tiny" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_tiny_tokenizer_ids_survive_autotokenizer(tiny_model_dir):

@@ -46,7 +46,7 @@ def test_grpo_steps_on_ray_with_vllm(tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         import ray
 
         assert ray.is_initialized()

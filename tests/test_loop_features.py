@@ -19,7 +19,7 @@ BASE = [
 
 def make_trainer(tmp_path, *extra):
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, *extra]))
-    trainer._start_workers(trainer.base_model_path)
+    trainer.start_workers(trainer.base_model_path)
     return trainer
 
 
@@ -117,3 +117,50 @@ def test_per_task_table_shows_each_task_and_the_unweighted_mean():
     assert lines[2].split() == ["grounding", "0.0%", "->", "5.0%", "0.028", "->", "0.310"]
     assert lines[3].split() == ["mean", "of", "tasks", "5.0%", "->", "15.0%"]
     assert per_task_lines({"eval/acc": 0.5}, {"eval/acc": 0.6}) == []  # one task: nothing to split
+
+
+def test_overlong_prompts_are_dropped_and_counted_before_any_worker(tmp_path, capsys):
+    # The tiny model's context is 256 tokens; quickstart prompts are 5-7 characters (tokens).
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "data.max_prompt_tokens=5"]))
+    try:
+        lengths = [len(trainer.encode_prompt(s)) for s in trainer.train_samples + trainer.eval_samples]
+        assert max(lengths) <= 5 and trainer.actor is None and trainer.rollout is None
+        out = capsys.readouterr().out
+        dropped = int(out.split("train: dropped ")[1].split(" of ")[0])
+        assert dropped + len(trainer.train_samples) == 64 and dropped > 0
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match=r"every train prompt is longer than 1 tokens \(e.g. sample 'add-"):
+        Trainer(compose_config([f"trainer.output_dir={tmp_path}/b", *BASE, "data.max_prompt_tokens=1"]))
+    # Without the key, the limit is the model's context minus the response budget.
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}/c", *BASE, "rollout.eval_max_new_tokens=251"]))
+    try:
+        assert all(len(trainer.encode_prompt(s)) <= 5 for s in trainer.train_samples)
+        assert len(trainer.train_samples) < 64
+    finally:
+        trainer.close()
+
+
+def test_chat_template_prompts_and_the_opened_think_reach_rollout_and_rewards(tmp_path, tiny_model_dir):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from trainer.engines.sampling import Completion
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}={% endfor %}{% if add_generation_prompt %}<think>{% endif %}"
+    tokenizer.save_pretrained(folder)
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}/run", *BASE, f"model.path={folder}",
+                                      "data.chat_template=true"]))
+    try:
+        sample = trainer.train_samples[0]
+        think = tokenizer.convert_tokens_to_ids("<think>")
+        assert trainer.encode_prompt(sample) == tokenizer(sample.prompt + "=", add_special_tokens=False)["input_ids"] + [think]
+        body = tokenizer("1+2=3</think><answer>\\boxed{3}</answer>", add_special_tokens=False)["input_ids"]
+        completion = Completion(prompt_index=0, token_ids=body + [tokenizer.eos_token_id], logprobs=[0.0] * 9, finished=True)
+        assert trainer.response_text(sample, completion) == "<think>1+2=3</think><answer>\\boxed{3}</answer>"
+    finally:
+        trainer.close()

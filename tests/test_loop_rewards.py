@@ -61,7 +61,7 @@ def test_in_process_steps_with_reference_transforms_and_weighting(tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         assert trainer.reference is not None, "kl_coef > 0 must create the reference worker"
         first, second = trainer.step(0), trainer.step(1)
     finally:

@@ -20,7 +20,7 @@ def test_dialogues_interleave_policy_and_simulator_turns(tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         rollouts = trainer.rollout_round(trainer.sampler.next_batch(), seed=3)
         metrics = trainer.step(1)
         requests = trainer.simulator.client.stats["requests"]

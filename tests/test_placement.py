@@ -48,7 +48,7 @@ def test_colocate_seats_worker_i_of_every_role_in_bundle_i(tmp_path):
         "resources.actor.num_cpus=0.1", "resources.rollout.num_cpus=0.2", "resources.reference.num_cpus=0.4",
     ]))
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         groups = {group_of(w) for role in ("actor", "rollout", "reference") for w in getattr(trainer, role).workers}
         assert len(groups) == 1
         (group_id,) = groups
@@ -68,7 +68,7 @@ def test_colocate_seats_worker_i_of_every_role_in_bundle_i(tmp_path):
 def test_split_gives_each_role_its_own_group(tmp_path):
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "resources.rollout.count=2"]))
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         actor_group = group_of(trainer.actor.workers[0])
         rollout_groups = {group_of(w) for w in trainer.rollout.workers}
         assert len(rollout_groups) == 1 and actor_group not in rollout_groups

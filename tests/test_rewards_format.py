@@ -59,3 +59,21 @@ def test_bad_mode_is_a_config_error():
         get_reward("format").check_params({"mode": "thinking"})
     with pytest.raises(ValueError):
         fmt("<think>a</think><answer>1</answer>", mode="nope")
+
+
+def test_boxed_mode_checks_the_box_not_its_content():
+    assert fmt("The sum is \\boxed{7}.", mode="boxed").score == 1.0
+    assert fmt("The sum is \\boxed{wrong}.", mode="boxed").score == 1.0  # the box, not what it holds
+    assert fmt("The sum is 7.", mode="boxed").details["reason"] == "no \\boxed answer"
+    assert fmt("The sum is \\boxed{7", mode="boxed").score == 0.0
+    assert fmt("The sum is \\boxed{}", mode="boxed").score == 0.0
+    assert fmt("<think>\\boxed{7}", mode="boxed").score == 0.0  # a thought never closed holds no answer
+
+
+def test_boxed_mode_wants_one_final_box():
+    assert fmt("So 3 + 4 = \\boxed{7}.", mode="boxed").score == 1.0
+    assert fmt("So 3 + 4 = $\\boxed{7}$", mode="boxed").score == 1.0
+    assert fmt("\\boxed{7} is it", mode="boxed").details["reason"] == "text after the box"
+    assert fmt("\\boxed{7} 7", mode="boxed").details["reason"] == "text after the box"
+    assert fmt("\\boxed{3} + \\boxed{4} = \\boxed{7}", mode="boxed").details["reason"] == "3 boxes"
+    assert fmt("<think>\\boxed{1}</think>The sum is \\boxed{7}.", mode="boxed").score == 1.0  # thoughts aside

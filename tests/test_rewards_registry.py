@@ -10,7 +10,7 @@ def test_builtins_registered_with_introspected_params():
     names = [spec.name for spec in list_rewards()]
     for name in ("boxed_answer", "format", "multiple_choice", "numeric"):
         assert name in names
-    assert get_reward("boxed_answer").params == {"require_answer_tag": False}
+    assert get_reward("boxed_answer").params == {"require_answer_tag": False, "reject_hedging": False}
     numeric = get_reward("numeric")
     assert numeric.params["k"] == 1.0 and numeric.params["rel_eps"] == 1e-9
     assert get_reward("format").params["mode"] == "think_answer"

@@ -47,7 +47,7 @@ def test_sharded_vllm_engine_follows_the_actor(tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         initial = trainer.actor.call("weights")[0]
         metrics = [trainer.step(step) for step in range(3)]
         after = trainer.actor.call("weights")[0]

@@ -189,8 +189,8 @@ def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
         "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
     ]))
     try:
-        policy = trainer._cold_start_sft()
-        trainer._start_workers(policy)
+        policy = trainer.cold_start_sft()
+        trainer.start_workers(policy)
         metrics = trainer.step(0)
         optimiser = trainer.actor.call("checkpoint_state")[0]["strategy"]["optimizer"]
     finally:

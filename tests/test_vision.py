@@ -63,7 +63,7 @@ def test_prompt_ids_carry_one_pad_per_merged_patch(tmp_path):
     trainer = Trainer(vl_config(tmp_path))
     try:
         sample = trainer.train_samples[0]
-        ids = trainer._encode_prompt(sample)
+        ids = trainer.encode_prompt(sample)
         pad = trainer.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         media = trainer._media(sample)
         # 112 x 112 pixels = 8 x 8 patches of 14; 2 x 2 merged -> 16 image tokens.
@@ -79,7 +79,7 @@ def test_prompt_ids_carry_one_pad_per_merged_patch(tmp_path):
 def test_freeze_vision_keeps_the_tower_bit_identical(tmp_path, freeze):
     trainer = Trainer(vl_config(tmp_path, f"actor.freeze_vision={str(freeze).lower()}"))
     try:
-        trainer._start_workers(trainer.base_model_path)
+        trainer.start_workers(trainer.base_model_path)
         before = trainer.actor.call("weights")[0]
         metrics = trainer.step(0)
         after = trainer.actor.call("weights")[0]
@@ -130,7 +130,7 @@ def test_vllm_engine_reads_the_images_and_the_synced_weights(tmp_path):
     trainer = Trainer(vl_config(tmp_path))
     try:
         samples = trainer.train_samples[:3]
-        prompts = [trainer._encode_prompt(s) for s in samples]
+        prompts = [trainer.encode_prompt(s) for s in samples]
         media = [trainer._media(s) for s in samples]
         pad = trainer.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     finally:
@@ -177,8 +177,8 @@ def test_grpo_on_image_prompts_through_ray(tmp_path, engine):
         f"rollout.engine={engine}", *pixels,
     ))
     try:
-        policy = trainer._cold_start_sft()
-        trainer._start_workers(policy)
+        policy = trainer.cold_start_sft()
+        trainer.start_workers(policy)
         metrics = [trainer.step(step) for step in range(2)]
         evaluation = trainer.evaluate()
     finally:

@@ -23,7 +23,7 @@ BASE = [
 
 def run_steps(tmp_path, *extra) -> tuple[Trainer, dict, list[dict]]:
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, *extra]))
-    trainer._start_workers(trainer.base_model_path)
+    trainer.start_workers(trainer.base_model_path)
     initial = trainer.actor.call("weights")[0]
     metrics = [trainer.step(step) for step in range(2)]
     return trainer, initial, metrics

@@ -98,5 +98,56 @@ class TrainBatch:
             picked["media"] = [self.media[i] for i in rows.tolist()]
         return replace(self, **picked)
 
+    def to(self, device) -> "TrainBatch":
+        """The tensors moved to `device` (media stay: forward_inputs moves them)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
     def num_response_tokens(self) -> int:
         return int(self.response_mask.sum())
+
+    def sequence_lengths(self) -> list[int]:
+        """Prompt + response tokens of each row (a sub-batch's width is its longest row's)."""
+        return (self.prompt_lens + self.response_lens).tolist()
+
+
+def token_budget_groups(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """`rows` in groups whose padded size (rows x longest row) stays within max_tokens.
+
+    Rows go longest first, so each group holds rows of similar length and short rows are not padded
+    to a long one; a row longer than the budget is a group of its own.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"actor.max_tokens_per_micro_batch={max_tokens} must be positive")
+    groups: list[list[int]] = []
+    for row in sorted(rows, key=lambda r: -lengths[r]):  # stable: equal lengths keep their order
+        # The group's first row is its longest, so the padded size with this row is count x that length.
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def plan_micro_batches(lengths: list[int], *, micro_batch_size: int, max_tokens: int | None = None,
+                       world_size: int = 1) -> list[list[list[int]]]:
+    """Per data-parallel rank, the rows of each of its micro-batches, for a mini-batch of rows of `lengths`.
+
+    Rank r takes the r-th contiguous shard of ceil(n / world_size) rows. The shard splits into
+    micro_batch_size rows at a time, or with max_tokens into token_budget_groups (micro_batch_size is
+    then ignored). Every rank gets the same number of micro-batches, ranks with fewer padded with []
+    (a zero-weight micro-batch), because sharded strategies communicate in every forward and backward.
+    Every rank can compute every rank's plan, so no communication is needed for it.
+    """
+    n = len(lengths)
+    size = -(-n // world_size)
+    plans = []
+    for rank in range(world_size):
+        shard = list(range(min(rank * size, n), min((rank + 1) * size, n)))
+        if max_tokens is not None:
+            plans.append(token_budget_groups(shard, lengths, max_tokens))
+        else:
+            plans.append([shard[i : i + micro_batch_size] for i in range(0, len(shard), micro_batch_size)])
+    count = max(len(plan) for plan in plans)
+    return [plan + [[] for _ in range(count - len(plan))] for plan in plans]

@@ -46,6 +46,13 @@ class ChatFormat:
         self.stop_ids = stop_token_ids(tokenizer, model_dir)
         self.response_prefix = self._opened_by_template() if self._templated_at_all() else ""
 
+    @classmethod
+    def from_config(cls, tokenizer, model_dir: str | Path | None, data_cfg) -> "ChatFormat":
+        """The format a run's `data` config asks for (chat_template, system_prompt,
+        apply_chat_template_kwargs); built here for the trainer and `--check` alike."""
+        return cls(tokenizer, model_dir=model_dir, use_template=data_cfg.chat_template,
+                   system_prompt=data_cfg.system_prompt, template_kwargs=dict(data_cfg.apply_chat_template_kwargs))
+
     def _templated_at_all(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

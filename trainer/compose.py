@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 # `reward.tasks={math: [...]}` means exactly that mix (Hydra would refuse new keys in a struct node).
 REPLACED_WHOLE = (
     "reward.tasks", "reward.group_transforms", "reward.weighting.params", "algorithm.advantage_params", "stages",
-    "rollout.mode_prefixes", "data.task_weights", "reward.correct_at",
+    "rollout.mode_prefixes", "data.task_weights", "reward.correct_at", "data.apply_chat_template_kwargs",
 )
 
 

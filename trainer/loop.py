@@ -18,14 +18,17 @@ import torch
 from data.curriculum import TaskHomogeneousSampler, curriculum_stages
 from data.sampler import PromptSampler
 from data.schema import Sample
+from rewards.compose import accuracy_scores
+from rewards.math_answer import final_boxed
 from trainer.algorithms import get_advantage
 from trainer.algorithms.bpo import auto_think_share, mode_metrics
 from trainer.batch import TrainBatch
 from trainer.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from trainer.chat import ChatFormat
 from trainer.config import Config, validate
 from trainer.data_setup import load_prompt_sets
 from trainer.engines.sampling import Completion, SamplingSpec
-from trainer.modeling import load_tokenizer, resolve_model_path
+from trainer.modeling import apply_offline_mode, context_length, load_tokenizer, resolve_model_path, resolve_tokenizer_path
 from trainer.multiturn import PatientSimulator, multiturn_rollouts
 from trainer.rollouts import Rollouts
 from trainer.tracking import Tracker
@@ -45,8 +48,11 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+        apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
         self.base_model_path = self._prepare_model()
-        self.tokenizer = load_tokenizer(self.base_model_path)
+        self.tokenizer_path = resolve_tokenizer_path(cfg.model, self.base_model_path)
+        self.tokenizer = load_tokenizer(self.tokenizer_path)
+        self.chat = ChatFormat.from_config(self.tokenizer, self.base_model_path, cfg.data)
         self.processor = None  # the vision-language processor, loaded with the first image prompt
         self._image_prompts: dict[int, tuple[list[int], str]] = {}  # id(sample) -> (token ids, chat text)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -58,6 +64,8 @@ class Trainer:
                 "Transformers backend, which patches transformers' model classes in its process, so rollout needs "
                 "a process of its own (or use rollout.engine=hf)"
             )
+        self.train_samples = self._within_context(self.train_samples, "train")
+        self.eval_samples = self._within_context(self.eval_samples, "held-out")
         self.sampler = self._make_sampler()
         from rewards.compose import RewardComposer
 
@@ -106,6 +114,28 @@ class Trainer:
             )
         raise ValueError(f"data.sampler={data.sampler!r}: expected 'uniform' or 'task_homogeneous'")
 
+    def _within_context(self, samples: list[Sample], split: str) -> list[Sample]:
+        """The samples whose prompt leaves room for a full response in the model's context; the rest are
+        dropped and counted here rather than failing inside the rollout engine."""
+        cfg = self.cfg
+        limit = cfg.data.max_prompt_tokens
+        context = context_length(self.base_model_path)
+        if limit is None and context is not None:
+            limit = context - max(cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens)
+        if limit is None or not samples:
+            return samples
+        lengths = [len(self.encode_prompt(s)) for s in samples]
+        kept = [s for s, n in zip(samples, lengths) if n <= limit]
+        if not kept:
+            longest = max(range(len(samples)), key=lengths.__getitem__)
+            raise ValueError(f"every {split} prompt is longer than {limit} tokens (e.g. sample {samples[longest].id!r}: "
+                             f"{lengths[longest]}); raise data.max_prompt_tokens or the model's context ({context}), "
+                             "or lower rollout.max_new_tokens")
+        if len(kept) < len(samples):
+            print(f"[data] {split}: dropped {len(samples) - len(kept)} of {len(samples)} prompts longer than {limit} "
+                  f"tokens (context {context} minus the response budget; data.max_prompt_tokens)")
+        return kept
+
     def _find_resume_checkpoint(self) -> Path | None:
         mode = self.cfg.trainer.resume
         found = latest_checkpoint(self.run_dir / "checkpoints")
@@ -134,24 +164,24 @@ class Trainer:
 
             return str(build_tiny_vl_model(model.tiny, model.tiny_vision, self.run_dir / "tiny_vl_model",
                                            seed=self.cfg.trainer.seed, image_pixels=model.tiny_vision.image_pixels))
-        return resolve_model_path(self.cfg.model.path)
+        if model.path == "smollm2":
+            from trainer.smollm2 import prepare_smollm2
+
+            return str(prepare_smollm2())
+        return resolve_model_path(model.path, model.revision, offline=model.offline)
 
     def _max_model_len(self) -> int:
         rollout = self.cfg.rollout
-        longest_prompt = max(len(self._encode_prompt(s)) for s in self.train_samples + self.eval_samples)
+        longest_prompt = max(len(self.encode_prompt(s)) for s in self.train_samples + self.eval_samples)
         # Later turns of a dialogue carry the earlier turns and simulator replies in their prompt.
         extra_turns = (rollout.multiturn.turns - 1) * (rollout.max_new_tokens + rollout.multiturn.simulator_max_tokens + 8)
         return longest_prompt + max(rollout.max_new_tokens, rollout.eval_max_new_tokens) + max(0, extra_turns)
 
-    def _encode_prompt(self, sample: Sample) -> list[int]:
+    def encode_prompt(self, sample: Sample) -> list[int]:
+        """The prompt's token ids exactly as rollout sees them (chat template, image placeholders expanded)."""
         if sample.images:
             return self._image_prompt(sample)[0]
-        text = sample.prompt
-        if sample.messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(f"sample {sample.id!r} has chat messages but the tokenizer has no chat template")
-            text = self.tokenizer.apply_chat_template(sample.messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.chat.ids(sample)
 
     def _image_prompt(self, sample: Sample) -> tuple[list[int], str]:
         """Token ids (image placeholders expanded) and chat text of a prompt with images; cached per sample."""
@@ -159,18 +189,10 @@ class Trainer:
         if key not in self._image_prompts:
             from trainer.vision import encode_with_images
 
-            text = self._chat_text(sample)
+            text = self.chat.text(sample, template_owner=self._vision_processor())
             ids, _ = encode_with_images(self._vision_processor(), text, sample.images, source=repr(sample.id))
             self._image_prompts[key] = (ids, text)
         return self._image_prompts[key]
-
-    def _chat_text(self, sample: Sample) -> str:
-        messages = sample.messages
-        if messages is None:
-            # A plain prompt with images: the images first, then the text, as one user turn.
-            messages = [{"role": "user", "content": [{"type": "image"}] * len(sample.images)
-                         + [{"type": "text", "text": sample.prompt}]}]
-        return self._vision_processor().apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _vision_processor(self):
         if self.processor is None:
@@ -191,7 +213,7 @@ class Trainer:
         text = self._image_prompt(sample)[1]  # the chat template is rendered once per sample
         return encode_with_images(self._vision_processor(), text, sample.images, source=repr(sample.id))[1]
 
-    def _start_workers(self, policy_path: str) -> None:
+    def start_workers(self, policy_path: str) -> None:
         cfg = self.cfg
         res = cfg.resources
         if self.use_ray:
@@ -205,7 +227,8 @@ class Trainer:
         self.rollout = WorkerGroup(
             "rollout", RolloutWorker, res.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
             env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-            model_path=policy_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype, seed=cfg.trainer.seed,
+            model_path=policy_path, tokenizer=self.tokenizer_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype,
+            seed=cfg.trainer.seed,
             threads=cfg.rollout.threads,
             **({"max_model_len": self.max_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
                 "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
@@ -224,6 +247,8 @@ class Trainer:
                 "reference", ReferenceWorker, res.reference, use_ray=self.use_ray, slots=self._slots("reference"),
                 model_path=policy_path, dtype=cfg.model.dtype,
                 micro_batch_size=cfg.actor.micro_batch_size, threads=cfg.actor.threads,
+                max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
+                logits_chunk_size=cfg.actor.logits_chunk_size,
             )
 
     def _slots(self, role: str) -> list | None:
@@ -259,7 +284,7 @@ class Trainer:
         return group
 
     # ----- stages -------------------------------------------------------------------------------
-    def _cold_start_sft(self) -> str:
+    def cold_start_sft(self) -> str:
         """Run SFT once and cache its model in the run directory; later runs reuse it."""
         cfg = self.cfg.sft
         out_dir = self.run_dir / "sft_model"
@@ -274,10 +299,11 @@ class Trainer:
         usable = [s for s in self.train_samples if "sft_target" in s.metadata]
         if not usable:
             raise ValueError("sft.steps > 0 but no training sample has metadata.sft_target")
-        prompts = [self._encode_prompt(s) for s in usable]
+        prompts = [self.encode_prompt(s) for s in usable]
         media = [self._media(s) for s in usable] if any(s.images for s in usable) else None
         eos = self.tokenizer.eos_token_id
-        targets = [self.tokenizer(s.metadata["sft_target"], add_special_tokens=False)["input_ids"] + [eos] for s in usable]
+        targets = [self.tokenizer(self.chat.sft_target(s, s.metadata["sft_target"]), add_special_tokens=False)["input_ids"]
+                   + [eos] for s in usable]
         stages = curriculum_stages(usable, cfg.curriculum_key) if cfg.curriculum_key else None
         start = time.time()
         curve = self.actor.call(
@@ -298,17 +324,17 @@ class Trainer:
 
     # ----- one RL step --------------------------------------------------------------------------
     def generate(self, samples: list[Sample], spec: SamplingSpec) -> list[Completion]:
-        return self._generate_ids([self._encode_prompt(s) for s in samples], spec, media=self._media_of(samples))
+        return self.generate_ids([self.encode_prompt(s) for s in samples], spec, media=self.media_of(samples))
 
-    def _media_of(self, samples: list[Sample]) -> list | None:
+    def media_of(self, samples: list[Sample]) -> list | None:
         return [self._media(s) for s in samples] if any(s.images for s in samples) else None
 
     def _completion_media(self, rollouts: Rollouts, rows: list[int]) -> list | None:
         """Each completion's prompt images, processed once per prompt rather than once per completion."""
-        per_prompt = self._media_of(rollouts.samples)
+        per_prompt = self.media_of(rollouts.samples)
         return None if per_prompt is None else [per_prompt[rollouts.group[i]] for i in rows]
 
-    def _generate_ids(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
+    def generate_ids(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
                       media: list | None = None) -> list[Completion]:
         """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
         `media[i]` carries prompt i's images."""
@@ -322,22 +348,15 @@ class Trainer:
             raise RuntimeError("rollout returned completions out of prompt order")
         return completions
 
-    def decode(self, completion: Completion) -> str:
-        tokens = completion.token_ids
-        if tokens and tokens[-1] == self.tokenizer.eos_token_id:
-            tokens = tokens[:-1]
-        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+    def response_text(self, sample: Sample, completion: Completion, mode_prefix: str = "") -> str:
+        """The response as rewards read it: what the chat template and a BPO mode opened, then the generated text."""
+        return self.chat.prefix_for(sample) + mode_prefix + self.chat.decode(completion.token_ids)
 
     def score(self, texts: list[str], samples: list[Sample]):
         """Rewards for each text, and whether each counts as correct (the accuracy reward reaches 1)."""
         scored = self.rewards.score(texts, samples)
-        accuracy_terms = scored.components.get(self.cfg.reward.accuracy_reward)
-        correct_at = self.cfg.reward.correct_at
-        correct = [
-            (accuracy_terms[i] if accuracy_terms is not None and accuracy_terms[i] is not None else scored.scores[i])
-            >= correct_at.get(samples[i].task, 1.0)
-            for i in range(len(texts))
-        ]
+        values = accuracy_scores(scored, self.cfg.reward.accuracy_reward)
+        correct = [v >= self.cfg.reward.correct_at.get(s.task, 1.0) for v, s in zip(values, samples)]
         return scored, correct
 
     def rollout_round(self, samples: list[Sample], seed: int) -> Rollouts:
@@ -345,23 +364,23 @@ class Trainer:
         cfg = self.cfg
         spec = SamplingSpec(
             n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-            max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=(self.tokenizer.eos_token_id,), seed=seed,
+            max_new_tokens=cfg.rollout.max_new_tokens, stop_token_ids=self.chat.stop_ids, seed=seed,
         )
         if self.simulator is not None:
             return self._score_rollouts(multiturn_rollouts(self, samples, spec))
-        prompts = [self._encode_prompt(s) for s in samples]
-        media = self._media_of(samples)
+        prompts = [self.encode_prompt(s) for s in samples]
+        media = self.media_of(samples)
         out = Rollouts(samples=samples)
         clock = time.time()
         for k, mode in enumerate(cfg.rollout.modes or [""]):
             prefix = cfg.rollout.mode_prefixes[mode] if mode else ""
             prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-            for c in self._generate_ids([p + prefix_ids for p in prompts], spec, first_index=k * len(samples),
+            for c in self.generate_ids([p + prefix_ids for p in prompts], spec, first_index=k * len(samples),
                                         media=media):
                 group = c.prompt_index - k * len(samples)
                 out.completions.append(c)
                 out.prompt_ids.append(prompts[group] + prefix_ids)
-                out.texts.append(prefix + self.decode(c))
+                out.texts.append(self.response_text(samples[group], c, prefix))
                 out.group.append(group)
                 out.modes.append(mode)
         out.seconds["generate"] = time.time() - clock
@@ -541,16 +560,18 @@ class Trainer:
         """Greedy accuracy on the held-out set, in `rollout.eval_thinking_mode` (R-4B's auto / long / short)."""
         spec = SamplingSpec(
             n=1, temperature=0.0, max_new_tokens=self.cfg.rollout.eval_max_new_tokens,
-            stop_token_ids=(self.tokenizer.eos_token_id,), seed=0,
+            stop_token_ids=self.chat.stop_ids, seed=0,
         )
         mode = {"auto": "", "long": "thinking", "short": "non_thinking"}[self.cfg.rollout.eval_thinking_mode]
         prefix = self.cfg.rollout.mode_prefixes[mode] if mode else ""
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        completions = self._generate_ids([self._encode_prompt(s) + prefix_ids for s in self.eval_samples], spec,
-                                         media=self._media_of(self.eval_samples))
-        texts = [prefix + self.decode(c) for c in completions]
+        completions = self.generate_ids([self.encode_prompt(s) + prefix_ids for s in self.eval_samples], spec,
+                                         media=self.media_of(self.eval_samples))
+        texts = [self.response_text(s, c, prefix) for s, c in zip(self.eval_samples, completions)]
         scored, correct = self.score(texts, self.eval_samples)
-        result = {"eval/acc": float(np.mean(correct)), "eval/correct": float(sum(correct)), "eval/total": float(len(correct))}
+        result = {"eval/acc": float(np.mean(correct)), "eval/correct": float(sum(correct)), "eval/total": float(len(correct)),
+                  # How often the answer is in a closed box at all: a pretrained model often answers unboxed.
+                  "eval/boxed_rate": float(np.mean([final_boxed(t)[0] is not None for t in texts]))}
         if self.cfg.rollout.modes and not mode:
             # In auto mode the policy chooses: how often does it think?
             result["eval/auto_think_share"] = auto_think_share(texts)
@@ -591,8 +612,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg, name = self.cfg, self.cfg.recipe_name
         # When SFT ran here, its actor carries straight into RL.
-        policy_path = self._cold_start_sft()
-        self._start_workers(policy_path)
+        policy_path = self.cold_start_sft()
+        self.start_workers(policy_path)
         start_step, summary = 0, {}
         if self.resume_from is not None:
             start_step, summary = self.restore(self.resume_from)
@@ -603,7 +624,8 @@ class Trainer:
         before = summary["eval_before"]
         self.tracker.print(
             f"[{name}] held-out accuracy before RL: {100 * before['eval/acc']:.1f}% "
-            f"({int(before['eval/correct'])}/{int(before['eval/total'])})"
+            f"({int(before['eval/correct'])}/{int(before['eval/total'])}), "
+            f"boxed answers {100 * before.get('eval/boxed_rate', float('nan')):.1f}%"
         )
         recent_rewards: list[float] = []
         for step in range(start_step, cfg.trainer.total_steps):
@@ -624,7 +646,8 @@ class Trainer:
         gain = 100 * (after["eval/acc"] - before["eval/acc"])
         self.tracker.print(
             f"[{name}] held-out accuracy after RL:  {100 * after['eval/acc']:.1f}% "
-            f"({int(after['eval/correct'])}/{int(after['eval/total'])}), {gain:+.1f} points"
+            f"({int(after['eval/correct'])}/{int(after['eval/total'])}), {gain:+.1f} points, "
+            f"boxed answers {100 * after['eval/boxed_rate']:.1f}%"
         )
         for line in per_task_lines(before, after):
             self.tracker.print(f"[{name}] {line}")

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import torch
 
-from trainer.algorithms import entropy_from_logits, logprobs_from_logits
+from trainer.algorithms import chunked_logprobs_entropy, entropy_from_logits, logprobs_from_logits
 from trainer.batch import TrainBatch
+# Hub resolution lives in trainer.hub (no torch import, so the CLI's errors come fast); re-exported here.
+from trainer.hub import (ModelNotFoundError, apply_offline_mode, resolve_model_path,  # noqa: F401
+                         resolve_tokenizer_path)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
-
-
-def resolve_model_path(path: str) -> str:
-    """A local folder as is; a hub name only if it is in the local cache (runs are offline)."""
-    if Path(path).is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(path, local_files_only=True)
-    except Exception as error:  # noqa: BLE001 - any hub failure means "not available offline"
-        raise ModelNotFoundError(
-            f"model.path={path!r} is not a local folder and is not in the local Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); this machine cannot download it. "
-            "Use model.path=tiny for the embedded tiny model, or point model.path at a local copy. "
-            f"({type(error).__name__})"
-        ) from None
 
 
 def load_causal_lm(path: str, dtype: str = "float32"):
@@ -69,21 +51,111 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+class _ResponseHead(torch.nn.Module):
+    """Stands in for the LM head during one forward pass: from the final hidden states [B, L, H] it keeps
+    the positions that predict response tokens and returns float32 [B, R, 2] (log-prob, entropy),
+    running the real head on `chunk_size` of them at a time."""
+
+    def __init__(self, head: torch.nn.Module, positions: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                 *, chunk_size: int, temperature: float, with_entropy: bool, min_chunks: int):
+        super().__init__()
+        self.head = head
+        self.positions, self.labels, self.valid = positions, labels, valid
+        self.chunk_size, self.temperature, self.with_entropy = chunk_size, temperature, with_entropy
+        self.min_chunks = min_chunks
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.valid.nonzero(as_tuple=True)
+        logp, entropy = chunked_logprobs_entropy(
+            hidden[rows, self.positions[rows, cols]], self.head, self.labels[rows, cols],
+            chunk_size=self.chunk_size, temperature=self.temperature, with_entropy=self.with_entropy,
+            min_chunks=self.min_chunks,
+        )
+        values = torch.stack([logp, entropy if entropy is not None else torch.zeros_like(logp)], dim=-1)
+        out = values.new_zeros((*self.valid.shape, 2))
+        return out.index_put((rows, cols), values)
+
+
+def _chunked_head_applies(hf_model) -> bool:
+    """The chunked path replaces the output embeddings, so it needs them and no logit post-processing."""
+    config = getattr(hf_model, "config", None)
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    if getattr(text_config, "final_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
+        return False  # Gemma-style soft-capping happens after the head, in the model's own forward
+    return hasattr(hf_model, "get_output_embeddings") and hf_model.get_output_embeddings() is not None
+
+
+def _computed_columns(batch: TrainBatch) -> torch.Tensor:
+    """[B, R] response columns that get a log-prob: the response, and at least one column per row, so a
+    micro-batch of empty responses still has a graph to run backward through."""
+    columns = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
+    return columns < batch.response_lens.clamp(min=1).unsqueeze(1)
+
+
+def chunked_head_calls(batch: TrainBatch, chunk_size: int) -> int:
+    """How many LM-head calls response_logprobs makes for `batch` with this chunk size (0 on the plain path)."""
+    return -(-int(_computed_columns(batch).sum()) // chunk_size) if chunk_size > 0 else 0
+
+
 def response_logprobs(
-    model, batch: TrainBatch, temperature: float, *, with_entropy: bool = False
+    model, batch: TrainBatch, temperature: float, *, with_entropy: bool = False, chunk_size: int = 0,
+    min_chunks: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [B, R] of each response token (and entropy of each position's distribution)."""
+    """Log-probs [B, R] of each response token (and entropy of each position's distribution); 0 past a
+    row's response.
+
+    chunk_size = 0: the model's own forward makes logits for every position, then they are gathered.
+    chunk_size > 0: the LM head runs only on the hidden states that predict response tokens,
+    chunk_size at a time in float32, checkpointed under autograd, so no [B, L, V] logits exist in
+    forward or backward. The whole model still runs through its own forward (the head is swapped for
+    the call), so FSDP2's and DeepSpeed's hooks and a VL model's image inputs work unchanged.
+    min_chunks: call the head at least this often (data-parallel ranks must agree under ZeRO-3).
+    """
+    if chunk_size < 0:
+        raise ValueError(f"actor.logits_chunk_size={chunk_size} must be >= 0 (0 = the plain path)")
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     extra = forward_inputs(model, batch.input_ids, batch.media, device)
-    logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
-    # Position t predicts token t+1: gather the logits that predict response tokens.
+    # Position t predicts token t+1: the positions that predict response tokens.
     positions = batch.response_positions().to(device) - 1
-    vocab = logits.shape[-1]
-    logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab))
-    if temperature > 0:
-        logits = logits / temperature
     labels = input_ids.gather(1, positions + 1)
-    logp = logprobs_from_logits(logits, labels)
-    entropy = entropy_from_logits(logits) if with_entropy else None
-    return logp, entropy
+    columns = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
+    in_response = (columns < batch.response_lens.unsqueeze(1)).to(device)
+    computed = _computed_columns(batch).to(device)
+    zero = torch.zeros((), device=device)
+    hf_model = getattr(model, "module", model)  # DeepSpeed's engine wraps the HF model
+    if chunk_size > 0 and _chunked_head_applies(hf_model):
+        head = hf_model.get_output_embeddings()
+        hf_model.set_output_embeddings(_ResponseHead(
+            head, positions, labels, computed, chunk_size=chunk_size, temperature=temperature,
+            with_entropy=with_entropy, min_chunks=min_chunks,
+        ))
+        try:
+            stats = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
+        finally:
+            hf_model.set_output_embeddings(head)
+        logp, entropy = stats[..., 0], (stats[..., 1] if with_entropy else None)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
+        vocab = logits.shape[-1]
+        logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab))
+        if temperature > 0:
+            logits = logits / temperature
+        logp = logprobs_from_logits(logits, labels)
+        entropy = entropy_from_logits(logits) if with_entropy else None
+    # Past a row's response the label is padding (or a clamped position that depends on the micro-batch's
+    # width), so 0 there: every micro-batching then gives the same tensor.
+    logp = torch.where(in_response, logp, zero)
+    return logp, (torch.where(in_response, entropy, zero) if with_entropy else None)
+
+
+def context_length(model_dir: str) -> int | None:
+    """The model's context window from its config.json (the text model's, for vision models), if stated."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    for source in (config, config.get("text_config") or {}):
+        if source.get("max_position_embeddings"):
+            return int(source["max_position_embeddings"])
+    return None

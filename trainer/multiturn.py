@@ -74,14 +74,14 @@ def multiturn_rollouts(trainer, samples: list[Sample], spec: SamplingSpec) -> Ro
     import time
 
     cfg, tokenizer, simulator = trainer.cfg.rollout.multiturn, trainer.tokenizer, trainer.simulator
-    eos = tokenizer.eos_token_id
+    stop = trainer.chat.stop_ids
     clock = time.time()
-    prompts = [trainer._encode_prompt(s) for s in samples]
+    prompts = [trainer.encode_prompt(s) for s in samples]
     separator = tokenizer(cfg.turn_separator, add_special_tokens=False)["input_ids"] if cfg.turn_separator else []
     trajectories: list[_Trajectory] = []
     for turn in range(cfg.turns):
         if turn == 0:
-            completions = trainer._generate_ids(prompts, spec)
+            completions = trainer.generate_ids(prompts, spec)
             trajectories = [_Trajectory(group=c.prompt_index, context=list(prompts[c.prompt_index])) for c in completions]
         else:
             replies = simulator.reply([samples[t.group] for t in trajectories], [t.turns for t in trajectories])
@@ -90,13 +90,13 @@ def multiturn_rollouts(trainer, samples: list[Sample], spec: SamplingSpec) -> Ro
                 t.add(separator + reply_ids + separator, policy=False)
                 t.turns.append(reply)
             single = SamplingSpec(**{**spec.__dict__, "n": 1, "seed": spec.seed + 104_729 * turn})
-            completions = trainer._generate_ids([t.context for t in trajectories], single)
+            completions = trainer.generate_ids([t.context for t in trajectories], single)
         for t, c in zip(trajectories, completions):
             tokens, logprobs = list(c.token_ids), list(c.logprobs)
-            if turn < cfg.turns - 1 and tokens and tokens[-1] == eos:
+            if turn < cfg.turns - 1 and tokens and tokens[-1] in stop:
                 tokens, logprobs = tokens[:-1], logprobs[:-1]  # the dialogue goes on: no end-of-text yet
             t.add(tokens, policy=True, logprobs=logprobs)
-            t.turns.append(trainer.decode(c))
+            t.turns.append(trainer.chat.decode(c.token_ids))
             t.finished = c.finished
     out = Rollouts(samples=samples)
     for t in trajectories:
@@ -104,7 +104,7 @@ def multiturn_rollouts(trainer, samples: list[Sample], spec: SamplingSpec) -> Ro
             Completion(prompt_index=t.group, token_ids=t.tokens, logprobs=t.logprobs, finished=t.finished, loss_mask=t.mask)
         )
         out.prompt_ids.append(prompts[t.group])
-        out.texts.append(tokenizer.decode(t.tokens[:-1] if t.tokens and t.tokens[-1] == eos else t.tokens))
+        out.texts.append(trainer.chat.prefix_for(samples[t.group]) + trainer.chat.decode(t.tokens))
         out.group.append(t.group)
         out.modes.append("")
     out.seconds["generate"] = time.time() - clock

@@ -105,14 +105,24 @@ def build_vl_tokenizer():
     return tokenizer
 
 
+def build_tiny_vl_processor(image_pixels: int, tokenizer=None):
+    """The tiny Qwen2-VL's processor (images resized to about `image_pixels`), without the model."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from trainer.vision import image_only_processor_class
+
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=image_pixels, max_pixels=image_pixels, patch_size=14, merge_size=2, temporal_patch_size=2,
+    )
+    return image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer or build_vl_tokenizer(),
+                                        chat_template=VL_CHAT_TEMPLATE)
+
+
 def build_tiny_vl_model(cfg: TinyModelConfig, vision: TinyVisionConfig, out_dir: Path, seed: int,
                         image_pixels: int) -> Path:
     """Build (or reuse) a tiny Qwen2-VL with its processor; images are resized to about `image_pixels`."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from trainer.vision import image_only_processor_class
 
     marker = out_dir / "tiny_model.json"
     wanted = {"config": dict(cfg.__dict__), "vision": dict(vision.__dict__), "seed": seed, "image_pixels": image_pixels}
@@ -144,11 +154,7 @@ def build_tiny_vl_model(cfg: TinyModelConfig, vision: TinyVisionConfig, out_dir:
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=image_pixels, max_pixels=image_pixels, patch_size=14, merge_size=2, temporal_patch_size=2,
-    )
-    processor = image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
-                                             chat_template=VL_CHAT_TEMPLATE)
+    processor = build_tiny_vl_processor(image_pixels, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

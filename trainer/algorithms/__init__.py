@@ -16,7 +16,14 @@ from .bpo import (
 from .dpo import build_preference_pairs, dpo_loss, dpo_nll_loss
 from .filters import DynamicSamplingBuffer, dynamic_sampling_keep, mthinker_rejection_filter
 from .registry import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
-from .token_ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_sum, masked_whiten
+from .token_ops import (
+    chunked_logprobs_entropy,
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+)
 
 
 def get_advantage(name: str):
@@ -43,6 +50,7 @@ __all__ = [
     "aggregate",
     "logprobs_from_logits",
     "entropy_from_logits",
+    "chunked_logprobs_entropy",
     "masked_sum",
     "masked_mean",
     "masked_whiten",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 def logprobs_from_logits(logits: Tensor, labels: Tensor, *, chunk_size: int | None = 8) -> Tensor:
@@ -37,6 +40,48 @@ def entropy_from_logits(logits: Tensor, *, chunk_size: int | None = 8) -> Tensor
         p = torch.softmax(chunk, dim=-1)
         out.append(torch.logsumexp(chunk, dim=-1) - (p * chunk).sum(-1))
     return torch.cat(out, dim=0)
+
+
+def chunked_logprobs_entropy(
+    hidden: Tensor, head: Callable[[Tensor], Tensor], labels: Tensor, *, chunk_size: int,
+    temperature: float = 0.0, with_entropy: bool = False, min_chunks: int = 0,
+) -> tuple[Tensor, Tensor | None]:
+    """log p(labels) and entropy, float32 [N], from hidden states [N, H] through `head` (-> logits [.., V]).
+
+    Same maths as logprobs_from_logits / entropy_from_logits on head(hidden) / temperature
+    (temperature <= 0: unscaled), but only `chunk_size` rows of logits exist at once. When
+    autograd records, each chunk is checkpointed: backward recomputes that chunk's logits
+    instead of keeping all of them, so the graph holds [N, H] inputs, not [N, V] logits.
+    `min_chunks` calls `head` at least that many times (the extra calls on zero rows): DeepSpeed ZeRO-3
+    gathers the head's weight at every call, so data-parallel ranks must make the same number.
+    """
+    if hidden.dim() != 2 or hidden.shape[:1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} vs labels {tuple(labels.shape)}: expected [N, H] and [N]")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size={chunk_size} must be positive")
+
+    def chunk_stats(h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = head(h).float()
+        if temperature > 0:
+            logits = logits / temperature
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
+        if not with_entropy:
+            return logp, logp.new_zeros(())
+        return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+    record = torch.is_grad_enabled()
+    logps, entropies = [], []
+    chunks = max(-(-hidden.shape[0] // chunk_size), min_chunks)
+    for start in range(0, chunks * chunk_size, chunk_size):
+        h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]  # empty past the end
+        logp, entropy = checkpoint(chunk_stats, h, y, use_reentrant=False) if record else chunk_stats(h, y)
+        logps.append(logp)
+        entropies.append(entropy)
+    if not logps:
+        empty = hidden.new_zeros((0,), dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -61,7 +61,9 @@ class VLLMEngine:
         max_images_per_prompt: int = 0,
         image_min_pixels: int | None = None,
         image_max_pixels: int | None = None,
+        tokenizer: str | None = None,
     ):
+        """`tokenizer`: the trainer's tokenizer folder when it is not the model's (model.tokenizer)."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -78,6 +80,7 @@ class VLLMEngine:
 
         self.llm = LLM(
             model=model_path,
+            tokenizer=tokenizer or model_path,
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,

@@ -17,16 +17,17 @@ def build_pairs(trainer) -> list[tuple[list[int], list[int], list[int]]]:
     cfg = trainer.cfg
     spec = SamplingSpec(
         n=cfg.dpo.samples_per_query, temperature=cfg.dpo.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        stop_token_ids=(trainer.tokenizer.eos_token_id,), seed=cfg.trainer.seed,
+        stop_token_ids=trainer.chat.stop_ids, seed=cfg.trainer.seed,
     )
     samples = []
     while len(samples) < cfg.dpo.num_queries:
         samples += trainer.sampler.next_batch()
     samples = samples[: cfg.dpo.num_queries]
-    prompts = [trainer._encode_prompt(s) for s in samples]
-    completions = trainer._generate_ids(prompts, spec)
-    texts = [trainer.decode(c) for c in completions]
-    scored, _ = trainer.score(texts, [samples[c.prompt_index] for c in completions])
+    prompts = [trainer.encode_prompt(s) for s in samples]
+    completions = trainer.generate_ids(prompts, spec)
+    owners = [samples[c.prompt_index] for c in completions]
+    texts = [trainer.response_text(s, c) for s, c in zip(owners, completions)]
+    scored, _ = trainer.score(texts, owners)
     n = cfg.dpo.samples_per_query
     groups = [scored.scores[i * n : (i + 1) * n] for i in range(len(samples))]
     pairs = build_preference_pairs(groups, min_margin=cfg.dpo.min_margin)
@@ -44,11 +45,12 @@ def run_dpo(trainer) -> dict:
     """Sample pairs from the starting policy, train DPO+NLL against it as the frozen reference."""
     cfg = trainer.cfg
     policy_path = trainer.base_model_path
-    trainer._start_workers(policy_path)
+    trainer.start_workers(policy_path)
     reference = WorkerGroup(
         "reference", ReferenceWorker, cfg.resources.reference, use_ray=trainer.use_ray,
         model_path=policy_path, dtype=cfg.model.dtype, micro_batch_size=cfg.actor.micro_batch_size,
-        threads=cfg.actor.threads,
+        threads=cfg.actor.threads, max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
+        logits_chunk_size=cfg.actor.logits_chunk_size,
     )
     try:
         before = trainer.evaluate()

@@ -18,22 +18,22 @@ def run_filter(trainer, out_dir: Path, exclude_ids: set[str] = frozenset()) -> d
     cfg, f = trainer.cfg, trainer.cfg.filter
     if f.rule != "mthinker":
         raise ValueError(f"filter.rule={f.rule!r}: available: mthinker")
-    trainer._start_workers(trainer.base_model_path)
+    trainer.start_workers(trainer.base_model_path)
     samples = [s for s in trainer.train_samples if s.id is None or s.id not in exclude_ids]
     excluded = len(trainer.train_samples) - len(samples)
     samples = samples[: f.max_prompts] if f.max_prompts else samples
     spec = SamplingSpec(
         n=f.n, temperature=f.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        stop_token_ids=(trainer.tokenizer.eos_token_id,), seed=cfg.trainer.seed,
+        stop_token_ids=trainer.chat.stop_ids, seed=cfg.trainer.seed,
     )
     passed: list[list[bool]] = []
     rollout_samples, rollout_texts, rollout_correct = [], [], []
     for start in range(0, len(samples), CHUNK):
         chunk = samples[start : start + CHUNK]
-        completions = trainer._generate_ids([trainer._encode_prompt(s) for s in chunk], spec, first_index=start,
-                                              media=trainer._media_of(chunk))
-        texts = [trainer.decode(c) for c in completions]
+        completions = trainer.generate_ids([trainer.encode_prompt(s) for s in chunk], spec, first_index=start,
+                                              media=trainer.media_of(chunk))
         owners = [chunk[c.prompt_index - start] for c in completions]
+        texts = [trainer.response_text(s, c) for s, c in zip(owners, completions)]
         scored, correct = trainer.score(texts, owners)
         consistent = scored.components.get(f.consistency_reward) if f.consistency_reward else None
         ok = [c and (consistent is None or consistent[i] is None or consistent[i] >= 1.0) for i, c in enumerate(correct)]

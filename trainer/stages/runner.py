@@ -53,7 +53,7 @@ def _run_one(kind: str, cfg: Config, stage_dir: Path, exclude_ids: set[str]) -> 
     trainer = Trainer(cfg)
     try:
         if kind == "sft":
-            model = trainer._cold_start_sft()
+            model = trainer.cold_start_sft()
             return model, None, {"steps": cfg.sft.steps, **json.loads((Path(model) / "stage_done.json").read_text())}
         if kind == "grpo":
             summary = trainer.fit()

@@ -9,9 +9,9 @@ import torch
 from data.curriculum import staged_pool
 from trainer.algorithms import aggregate, get_kl, get_policy_loss
 from trainer.algorithms.dpo import dpo_nll_loss
-from trainer.batch import TrainBatch
+from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.engines.strategy import make_strategy
-from trainer.modeling import load_causal_lm, response_logprobs
+from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
@@ -72,19 +72,27 @@ class ActorWorker:
         """What forward passes go through: the HF model, or DeepSpeed's engine around it."""
         return self.strategy.model if self.strategy is not None else self.model
 
-    def _shard(self, n: int) -> tuple[int, int, int]:
-        """This rank's contiguous rows [start, stop) of an n-row mini-batch, and the largest shard size."""
-        size = -(-n // self.world_size)
-        return min(self.rank * size, n), min((self.rank + 1) * size, n), size
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _micro_batches(self, batch: TrainBatch, world_size: int) -> list[list[list[int]]]:
+        return plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.cfg["micro_batch_size"],
+                                  max_tokens=self.cfg.get("max_tokens_per_micro_batch"), world_size=world_size)
+
+    @property
+    def logits_chunk_size(self) -> int:
+        return int(self.cfg.get("logits_chunk_size") or 0)
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
-        out = []
-        for start in range(0, len(batch), self.cfg["micro_batch_size"]):
-            part = batch.select(slice(start, start + self.cfg["micro_batch_size"]))
-            logp, _ = response_logprobs(self.forward_model, part, temperature)
-            out.append(torch.nn.functional.pad(logp.cpu(), (0, batch.response_mask.shape[1] - logp.shape[1])))
-        return torch.cat(out)
+        # Every rank computes the whole batch (same plan, so sharded forwards stay in step).
+        out = torch.zeros(batch.response_mask.shape)
+        for rows in self._micro_batches(batch, world_size=1)[0]:
+            logp, _ = response_logprobs(self.forward_model, batch.select(rows), temperature,
+                                        chunk_size=self.logits_chunk_size)
+            out[rows, : logp.shape[1]] = logp.cpu()
+        return out
 
     def update(self, batch: TrainBatch, temperature: float) -> dict[str, float]:
         """PPO-style update over mini-batches; returns token-weighted metric means."""
@@ -106,14 +114,18 @@ class ActorWorker:
                 )
                 # Each rank takes a contiguous shard; all ranks run the same number of micro-batches
                 # (sharded strategies communicate in every backward), padding with zero-weight ones.
-                first, stop, shard_size = self._shard(len(mini_batch))
-                micro_size = cfg["micro_batch_size"]
-                for micro_start in range(first, first + shard_size, micro_size):
-                    rows = slice(micro_start, min(micro_start + micro_size, stop))
-                    weight = 1.0 if rows.start < rows.stop else 0.0
-                    micro = mini_batch.select(rows if weight else slice(0, 1))
+                plans = self._micro_batches(mini_batch, self.world_size)
+                # ZeRO-3 gathers the LM head's weight at each chunked head call: every rank makes as many
+                # as the rank with the most response tokens in that micro-batch.
+                head_calls = [max(chunked_head_calls(mini_batch.select(plan[i] or [0]), self.logits_chunk_size)
+                                  for plan in plans) for i in range(len(plans[0]))]
+                for rows, min_chunks in zip(plans[self.rank], head_calls):
+                    weight = 1.0 if rows else 0.0
+                    # Losses combine log-probs (on the model's device) with the batch's per-token tensors.
+                    micro = mini_batch.select(rows or [0]).to(self.device)
                     mask = micro.response_mask
-                    logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True)
+                    logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True,
+                                                      chunk_size=self.logits_chunk_size, min_chunks=min_chunks)
                     token_loss, loss_metrics = policy_loss(
                         logp, micro.old_logprobs, micro.advantages, mask,
                         eps_low=algo["eps_low"], eps_high=algo["eps_high"],
@@ -185,7 +197,7 @@ class ActorWorker:
             rows = [pool[i] for i in torch.randint(len(pool), (batch_size,), generator=generator).tolist()]
             batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id,
                                               media=[media[i] for i in rows] if media else None)
-            logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0)
+            logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0, chunk_size=self.logits_chunk_size)
             loss = aggregate(-logp, batch.response_mask, loss_agg)
             backward_and_step(loss)
             running.append(float(loss.detach()))
@@ -197,8 +209,10 @@ class ActorWorker:
     def dpo_step(self, chosen: TrainBatch, rejected: TrainBatch, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                  *, beta: float, nll_coef: float) -> dict[str, float]:
         """One optimiser step of DPO (+ NLL on the chosen responses); reference inputs are sequence log-probs."""
-        chosen_logp, _ = response_logprobs(self.forward_model, chosen, temperature=1.0)
-        rejected_logp, _ = response_logprobs(self.forward_model, rejected, temperature=1.0)
+        chosen_logp, _ = response_logprobs(self.forward_model, chosen, temperature=1.0,
+                                           chunk_size=self.logits_chunk_size)
+        rejected_logp, _ = response_logprobs(self.forward_model, rejected, temperature=1.0,
+                                             chunk_size=self.logits_chunk_size)
         loss, metrics = dpo_nll_loss(
             (chosen_logp * chosen.response_mask).sum(-1), (rejected_logp * rejected.response_mask).sum(-1),
             ref_chosen, ref_rejected, chosen_logp, chosen.response_mask, nll_coef=nll_coef, beta=beta,

@@ -23,7 +23,9 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
+    # Workers are offline exactly when the controller is (HF_HUB_OFFLINE or model.offline).
+    offline = {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", **offline}}
     # Inside a Ray Job (python -m launch submit) RAY_ADDRESS names the cluster: join it.
     address = address or os.environ.get("RAY_ADDRESS")
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import torch
 
-from trainer.batch import TrainBatch
+from trainer.batch import TrainBatch, plan_micro_batches
+from trainer.config import ActorConfig
 from trainer.modeling import load_causal_lm, response_logprobs
 
 
 class ReferenceWorker:
-    def __init__(self, model_path: str, *, dtype: str, micro_batch_size: int, threads: int):
+    """Micro-batches and the LM-head chunking follow the actor's settings (actor.micro_batch_size,
+    actor.max_tokens_per_micro_batch, actor.logits_chunk_size)."""
+
+    def __init__(self, model_path: str, *, dtype: str, micro_batch_size: int, threads: int,
+                 max_tokens_per_micro_batch: int | None = None,
+                 logits_chunk_size: int = ActorConfig.logits_chunk_size):
         torch.set_num_threads(threads)
         self.model = load_causal_lm(model_path, dtype).eval()
         self.model.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
+        self.max_tokens = max_tokens_per_micro_batch
+        self.logits_chunk_size = logits_chunk_size
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
-        out = []
-        for start in range(0, len(batch), self.micro_batch_size):
-            part = batch.select(slice(start, start + self.micro_batch_size))
-            logp, _ = response_logprobs(self.model, part, temperature)
-            out.append(torch.nn.functional.pad(logp.cpu(), (0, batch.response_mask.shape[1] - logp.shape[1])))
-        return torch.cat(out)
+        out = torch.zeros(batch.response_mask.shape)
+        plan = plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.micro_batch_size,
+                                  max_tokens=self.max_tokens)[0]
+        for rows in plan:
+            logp, _ = response_logprobs(self.model, batch.select(rows), temperature, chunk_size=self.logits_chunk_size)
+            out[rows, : logp.shape[1]] = logp.cpu()
+        return out

@@ -8,15 +8,18 @@ from trainer.engines.sampling import Completion, SamplingSpec
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, *, engine: str, dtype: str, seed: int, threads: int, **engine_kwargs):
+    def __init__(self, model_path: str, *, engine: str, dtype: str, seed: int, threads: int,
+                 tokenizer: str | None = None, **engine_kwargs):
+        """`tokenizer`: the trainer's tokenizer folder (model.tokenizer), when it is not the model's."""
         torch.set_num_threads(threads)
         if engine == "vllm":
             from trainer.engines.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, dtype=dtype, seed=seed, **engine_kwargs)
+            self.engine = VLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **engine_kwargs)
         elif engine == "hf":
             from trainer.engines.hf_engine import HFEngine
 
+            # Token ids in, token ids out: the HF engine never tokenises, so the trainer's tokenizer is the only one.
             self.engine = HFEngine(model_path, dtype=dtype, seed=seed)
         else:
             raise ValueError(f"rollout.engine={engine!r}: expected 'vllm' or 'hf'")

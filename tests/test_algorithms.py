@@ -108,6 +108,17 @@ def test_grpo_constant_group_and_all_singletons():
     close(adv, [0.0, 0.0])
 
 
+def test_grpo_equal_rewards_that_float_cannot_hold_exactly_get_zero():
+    # Eight rewards of 1.2 (a 0.2 format term plus 1.0): in float32 their mean and std come out ~1e-7
+    # off, and dividing one by the other used to give every member an advantage of about +0.1.
+    rewards = torch.tensor([1.2] * 8 + [0.2] * 6 + [1.2, 0.2])
+    groups = torch.tensor([0] * 8 + [1] * 6 + [2, 2])
+    adv = get_advantage("grpo")(rewards, groups)
+    assert torch.equal(adv[:14], torch.zeros(14))
+    # [1.2, 0.2]: mean 0.7, unbiased std sqrt(0.5), so +-0.5 / (sqrt(0.5) + eps).
+    close(adv[14:], [0.5 / (0.5 ** 0.5 + 1e-6), -0.5 / (0.5 ** 0.5 + 1e-6)])
+
+
 def test_rloo_mixed_groups():
     # group 0 [2,4,5]: 2-(4+5)/2 = -2.5; 4-(2+5)/2 = 0.5; 5-(2+4)/2 = 2.0
     # group 2 [1,0]: 1-0 = 1; 0-1 = -1; group 7 (size 1): 0

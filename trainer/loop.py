@@ -435,7 +435,7 @@ class Trainer:
         advantages = get_advantage(cfg.algorithm.advantage)(
             rewards, group_index, **dict(cfg.algorithm.advantage_params)
         )
-        metrics.update(self._rollout_metrics(rollouts, rewards, group_index))
+        metrics.update(self._rollout_metrics(rollouts, rewards))
         every = cfg.tracking.samples_every
         self.sample_rows = rollouts.table_rows(cfg.tracking.samples_per_log) if every and (step + 1) % every == 0 else []
         if self.weighter is not None:
@@ -504,7 +504,7 @@ class Trainer:
         metrics.update({f"weighting/task/{t}": w for t, w in self.weighter.task_weights().items()})
         return advantages * torch.tensor(weights, dtype=advantages.dtype), metrics
 
-    def _rollout_metrics(self, rollouts: Rollouts, rewards: torch.Tensor, group_index: torch.Tensor) -> dict[str, float]:
+    def _rollout_metrics(self, rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, float]:
         completions, correct, scored = rollouts.completions, rollouts.correct, rollouts.scored
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
         metrics = {
@@ -516,8 +516,8 @@ class Trainer:
             "response_len/sum": float(lengths.sum()),
             "response/truncated_frac": float(np.mean([not c.finished for c in completions])),
         }
-        group_std = [float(rewards[group_index == g].std(unbiased=False)) for g in group_index.unique()]
-        metrics["batch/zero_variance_group_frac"] = float(np.mean([s == 0 for s in group_std]))
+        groups = len(set(rollouts.group))
+        metrics["batch/zero_variance_group_frac"] = 1.0 - len(rollouts.varied_groups()) / groups
         tasks = [rollouts.samples[g].task for g in rollouts.group]
         for task in sorted(set(tasks)):
             rows = [i for i, t in enumerate(tasks) if t == task]

@@ -33,7 +33,13 @@ def _group_moments(rewards: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor
 
     count = per_group_sum(torch.ones_like(r))
     total = per_group_sum(r)
-    mean = total / count
+    # A group of equal rewards has mean exactly its reward and std 0. Computed, float rounding leaves
+    # ~1e-7 in both (eight rewards of 1.2), and dividing one by the other gave every member a GRPO
+    # advantage of about 0.1 where there is no signal at all.
+    low = torch.full((g,), float("inf"), device=r.device).scatter_reduce(0, inv, r, "amin")[inv]
+    high = torch.full((g,), float("-inf"), device=r.device).scatter_reduce(0, inv, r, "amax")[inv]
+    equal = low == high
+    mean = torch.where(equal, r, total / count)
     std = torch.sqrt(per_group_sum((r - mean) ** 2) / (count - 1).clamp(min=1))
     return count, total, mean, std
 

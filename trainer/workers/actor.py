@@ -201,7 +201,8 @@ class ActorWorker:
             loss = aggregate(-logp, batch.response_mask, loss_agg)
             backward_and_step(loss)
             running.append(float(loss.detach()))
-            if (step + 1) % log_every == 0 or step + 1 == steps:
+            # The first step alone too, so a short run's curve still shows where the loss started.
+            if step == 0 or (step + 1) % log_every == 0 or step + 1 == steps:
                 curve.append((step + 1, sum(running) / len(running)))
                 running = []
         return curve

@@ -364,4 +364,4 @@ def test_check_reads_a_hub_model_without_downloading_weights(served_model, tmp_p
     out = check(hub_env(dead, tmp_path / "hf"))
     problems = [line for line in out.stdout.splitlines() if line.startswith("[check] problem:")]
     assert out.returncode == 2 and len(problems) == 1, out.stdout
-    assert f"the hub {dead.url} is unreachable (ConnectError" in problems[0]
+    assert f"the hub {dead.url}: unreachable (ConnectError" in problems[0]

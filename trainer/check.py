@@ -237,7 +237,7 @@ def find_hub_folder(name: str, revision: str | None, offline: bool, what: str,
         return str(local), "local folder", None
     from huggingface_hub import HfApi, constants, snapshot_download
 
-    from trainer.hub import TOKENIZER_FILES, ModelNotFoundError, offline_reason, resolve_model_path
+    from trainer.hub import TOKENIZER_FILES, ModelNotFoundError, hub_reason, offline_reason, resolve_model_path
 
     try:
         # offline=True: a cache lookup only, never a download.
@@ -253,27 +253,13 @@ def find_hub_folder(name: str, revision: str | None, offline: bool, what: str,
     try:
         HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
     except Exception as error:  # noqa: BLE001 - the line says what the hub answered
-        return None, "", f"{tried}, and the hub {constants.ENDPOINT} {_hub_answer(error, revision)}"
+        return None, "", f"{tried}, and the hub {constants.ENDPOINT}: {hub_reason(error, revision)[1]}"
     where = "on the hub, not cached: the first run downloads it"
     try:
         folder = snapshot_download(name, revision=revision, allow_patterns=TOKENIZER_FILES, cache_dir=scratch / "hub")
     except Exception:  # noqa: BLE001 - the repo exists; only the prompt goes unrendered
         return None, where, None
     return folder, where + "; tokenizer files read into a temporary folder", None
-
-
-def _hub_answer(error: Exception, revision: str | None) -> str:
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    if isinstance(error, GatedRepoError):
-        return "says it is gated (accept its licence on the hub page, then log in or set HF_TOKEN)"
-    if isinstance(error, RepositoryNotFoundError):
-        return "has no such repository (or it is private and no valid token is set)"
-    if isinstance(error, RevisionNotFoundError):
-        return f"has no revision {revision!r}"
-    if isinstance(error, HfHubHTTPError):
-        return f"answered with an error ({type(error).__name__})"
-    return f"is unreachable ({type(error).__name__})"
 
 
 def _load_tokenizer(folder: str):
@@ -364,7 +350,7 @@ class DataReader:
             return False
         from huggingface_hub import HfApi, constants, snapshot_download
 
-        from trainer.hub import offline_reason
+        from trainer.hub import hub_reason, offline_reason
 
         try:
             snapshot_download(source, repo_type="dataset", local_files_only=True)
@@ -379,7 +365,7 @@ class DataReader:
         try:
             HfApi().dataset_info(source, timeout=HUB_TIMEOUT_S)
         except Exception as error:  # noqa: BLE001
-            self.report.problem(f"{tried}, and the hub {constants.ENDPOINT} {_hub_answer(error, None)}")
+            self.report.problem(f"{tried}, and the hub {constants.ENDPOINT}: {hub_reason(error, None)[1]}")
             return False
         self.report.info(f"{what}: a hub dataset, not cached: the first run downloads it (rows not read)")
         return False

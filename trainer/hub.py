@@ -72,7 +72,7 @@ def resolve_model_path(path: str, revision: str | None = None, *, offline: bool 
         cache_error = error
     else:
         if hub_error is not None:
-            warnings.warn(f"{what}={path!r}: the hub failed ({_hub_reason(hub_error, revision)[1]}); "
+            warnings.warn(f"{what}={path!r}: the hub failed ({hub_reason(hub_error, revision)[1]}); "
                           f"using the cached copy {found}", stacklevel=2)
         return found
     raise ModelNotFoundError(_not_found_message(
@@ -93,7 +93,7 @@ def _skipped(files: list[str]) -> list[str]:
     return SKIPPED_FILES + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
 
 
-def _hub_reason(error: Exception, revision: str | None) -> tuple[str, str]:
+def hub_reason(error: Exception, revision: str | None) -> tuple[str, str]:
     """(kind, what the hub answered) for a failed hub call; kind picks the advice."""
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, IncompleteSnapshotError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
@@ -134,7 +134,7 @@ def _not_found_message(what, path, revision, local, cache_dir, endpoint, cache_e
     if why_offline:
         kind, hub = "offline", f"skipped: offline ({why_offline})"
     else:
-        kind, hub = _hub_reason(hub_error, revision)
+        kind, hub = hub_reason(hub_error, revision)
     if isinstance(cache_error, HFValidationError):
         kind = "name"
     lines = [

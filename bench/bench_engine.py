@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args, overrides = parser.parse_known_args()
     os.environ.setdefault("WANDB_SILENT", "true")
-    from trainer.compose import compose_config
+    from trainer.recipe_config import compose_config
     from trainer.loop import Trainer
 
     out = tempfile.mkdtemp(prefix="bench-engine-")

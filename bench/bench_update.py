@@ -89,8 +89,6 @@ def peak(device: str) -> int:
 
 def run_one(args) -> dict:
     """One setting, in this process: warm-up update, then the measured one."""
-    from dataclasses import asdict
-
     import torch
 
     from trainer.batch import TrainBatch
@@ -101,7 +99,7 @@ def run_one(args) -> dict:
     actor_cfg = ActorConfig(lr=1e-5, mini_batch_size=args.batch, micro_batch_size=micro, threads=args.threads,
                             logits_chunk_size=args.chunk, max_tokens_per_micro_batch=args.max_tokens,
                             gradient_checkpointing=args.gradient_checkpointing)
-    actor = ActorWorker(args.model_path, actor=asdict(actor_cfg), algorithm=asdict(AlgorithmConfig()),
+    actor = ActorWorker(args.model_path, actor=actor_cfg, algorithm=AlgorithmConfig(),
                         dtype=args.dtype, seed=0, max_len=args.prompt_len + args.response_len)
     vocab = actor.model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)

@@ -53,8 +53,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from data.schema import Sample, SampleError, sample_from_row
-from data.sources import _open_rows
+from data.answers import last_boxed
+from data.language_codes import normalize_language
+from data.schema import Sample, SampleError, sample_from_row, validate_rubrics
+from data.sources import open_rows
+from plugins.registry import Registry
 
 # Each asks for the layout the answer rewards read: <think>...</think><answer>\boxed{...}</answer>.
 INSTRUCTIONS = {
@@ -74,17 +77,8 @@ INSTRUCTIONS = {
 POLYMATH_LEVELS = ("low", "medium", "high", "top")
 
 Preprocessor = Callable[[dict[str, Any], int], dict[str, Any]]
-PREPROCESSORS: dict[str, Preprocessor] = {}
-
-
-def register_preprocessor(name: str) -> Callable[[Preprocessor], Preprocessor]:
-    def wrap(fn: Preprocessor) -> Preprocessor:
-        if name in PREPROCESSORS:
-            raise ValueError(f"preprocessor {name!r} is already registered")
-        PREPROCESSORS[name] = fn
-        return fn
-
-    return wrap
+PREPROCESSORS = Registry("dataset preprocessor", args=2)  # name -> Preprocessor
+register_preprocessor = PREPROCESSORS.register
 
 
 def instruction(language: str | None = "en") -> str:
@@ -109,13 +103,14 @@ def load_dataset_samples(
     in the file or config name. Hub names go through `datasets.load_dataset(name, split=split)`
     (no config name), which needs the network or a cached copy.
     """
-    if name not in PREPROCESSORS:
-        raise ValueError(f"unknown dataset preprocessor {name!r}; known: {', '.join(sorted(PREPROCESSORS))}")
+    try:
+        preprocess = PREPROCESSORS.get(name)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    preprocess = PREPROCESSORS[name]
     samples = []
-    rows = _open_rows(path_or_hub_name, split)
+    rows = open_rows(path_or_hub_name, split)
     for index, (where, row) in enumerate(itertools.islice(rows, limit)):
         if not isinstance(row, dict):
             raise SampleError(f"{where}: {name} row {index} (0-based): expected an object, got {type(row).__name__}")
@@ -153,25 +148,15 @@ def _extra(row: dict[str, Any], used: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in used and v is not None}
 
 
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last complete `\boxed{...}` (nested braces matched), or None."""
-    from rewards.math_answer import find_boxed  # the extraction the boxed_answer reward uses
-
-    found, _ = find_boxed(text)
-    return found[-1].strip() if found else None
-
-
-def normalize_language(code: Any) -> str | None:
-    """ISO 639-1 code, with the same aliases the language_consistency reward accepts."""
-    from rewards.language import normalize_language as normalise
-
-    code = normalise(code)
+def iso_639_1(code: Any) -> str | None:
+    """The two-letter code of a language code or name, with the aliases the language_consistency reward accepts."""
+    code = normalize_language(code)
     return code if code is not None and re.fullmatch(r"[a-z]{2}", code) else None
 
 
 def _language(row: dict[str, Any], dataset: str, index: int) -> str:
     raw = _text(row, dataset, index, "language", "lang")
-    code = normalize_language(raw)
+    code = iso_639_1(raw)
     if code is None:
         raise _row_error(dataset, index, "language", f"is {raw!r}, not a language code or name we know")
     return code
@@ -285,8 +270,6 @@ def polymath(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 @register_preprocessor("healthbench")
 def healthbench(row: dict[str, Any], index: int) -> dict[str, Any]:
-    from rewards.rubric import validate_rubrics  # the same rules the rubric reward applies
-
     prompt = row.get("prompt")
     if isinstance(prompt, str) and prompt.strip():
         messages = [{"role": "user", "content": prompt}]

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SAMPLE_FIELDS = ("prompt", "messages", "ground_truth", "task", "images", "metadata", "id")
+RUBRIC_POINTS = (-10, 10)
+"What one rubric criterion may be worth, as HealthBench and the rubric reward read it."
 
 
 class SampleError(ValueError):
@@ -90,3 +92,21 @@ def sample_from_row(row: dict[str, Any], where: str = "<row>") -> Sample:
         metadata=metadata,
         id=None if sample_id is None else str(sample_id),
     )
+
+
+def validate_rubrics(rubrics: Any) -> list[dict[str, Any]]:
+    """A rubric list (ground truth of the rubric rewards), checked; ValueError names the first problem."""
+    if not isinstance(rubrics, list) or not rubrics:
+        raise ValueError("rubrics must be a non-empty list of {criterion, points}")
+    low, high = RUBRIC_POINTS
+    for i, item in enumerate(rubrics):
+        if not isinstance(item, dict):
+            raise ValueError(f"rubric {i}: expected a mapping, got {type(item).__name__}")
+        criterion, points = item.get("criterion"), item.get("points")
+        if not isinstance(criterion, str) or not criterion.strip():
+            raise ValueError(f"rubric {i}: 'criterion' must be a non-empty string")
+        if isinstance(points, bool) or not isinstance(points, int) or not low <= points <= high:
+            raise ValueError(f"rubric {i}: 'points' must be an integer in [{low}, {high}], got {points!r}")
+    if all(item["points"] == 0 for item in rubrics):
+        raise ValueError("rubrics: every criterion is worth 0 points, nothing to score")
+    return rubrics

@@ -50,7 +50,7 @@ def load_samples(
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
     samples = []
-    for where, row in itertools.islice(_open_rows(path, split), limit):
+    for where, row in itertools.islice(open_rows(path, split), limit):
         if task is not None:
             # Through the row, so the schema still checks the task name.
             row = {**row, "task": task}
@@ -68,7 +68,8 @@ def save_jsonl(samples: Iterable[Sample], path: str | Path) -> Path:
     return path
 
 
-def _open_rows(source: str | Path, split: str) -> Rows:
+def open_rows(source: str | Path, split: str) -> Rows:
+    """`(where, raw row)` for every row of a file, folder or hub source, before any schema check."""
     path = Path(source).expanduser()
     if path.is_dir():
         return _dataset_rows(str(path), split, local=True)
@@ -76,7 +77,7 @@ def _open_rows(source: str | Path, split: str) -> Rows:
     looks_like_file = suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES or path.is_absolute() or str(source).startswith(".")
     if path.is_file():
         if suffix in JSONL_SUFFIXES:
-            return _jsonl_rows(path)
+            return jsonl_rows(path)
         if suffix in PARQUET_SUFFIXES:
             return _parquet_rows(path)
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or a dataset folder")
@@ -85,7 +86,9 @@ def _open_rows(source: str | Path, split: str) -> Rows:
     return _dataset_rows(str(source), split, local=False)
 
 
-def _jsonl_rows(path: Path) -> Rows:
+def jsonl_rows(path: str | Path) -> Rows:
+    """`("file:line", parsed JSON)` for every non-blank line; invalid JSON is a SampleError naming file and line."""
+    path = Path(path)
     # utf-8-sig: a byte-order mark would otherwise make line 1 invalid JSON.
     with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):

@@ -23,7 +23,6 @@ multilingual_arithmetic (M-Thinker)
 
     English has the empty marker, so its samples are exactly the quickstart's, and a model that drops
     the marker "falls back to English", the failure M-Thinker's language-consistency reward targets.
-    `language_marker_consistent(completion, sample)` is that check without a language-ID model.
     Text render: the question, the reasoning and the answer sentence in the language itself (en,
     zh, fr, de, es, ja), so the `language_consistency` reward can judge them.
 
@@ -41,7 +40,7 @@ rubric_short_answers (Baichuan-M2)
     | `wrong_step`        | some step `x+y=t` in the reasoning has x+y != t      | -4..-2                  |
     | `dropped_carry`     | the boxed answer is the sum with every carry dropped | -3..-1 (only if != sum) |
 
-    `score_rubric_checks(completion, sample)` scores them like the rubric reward does:
+    The `rubric_checks` reward (rewards/rubric.py) decides them and scores them like the rubric reward:
     (achieved - min) / (max - min), min = sum of negative points, max = sum of positive points.
 
 math_and_choice (M2-Reasoning)
@@ -65,7 +64,6 @@ math_and_choice (M2-Reasoning)
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -123,9 +121,6 @@ CHOICE_INSTRUCTION = (
     "Reason step by step inside <think></think>, then write the letter of the correct option as "
     "<answer>\\boxed{...}</answer>."
 )
-
-_STEP_RE = re.compile(r"(\d+(?:\+\d+)*)=(\d+)")
-_TINY_STEP_RE = re.compile(r"([=+]*)(\d+(?:\+\d+)*=\d+)")
 
 
 # ---- arithmetic helpers ----
@@ -208,35 +203,6 @@ def _text_steps(operands: Sequence[int], template: str) -> list[str]:
     return [template.format(k=k, expr=step) for k, step in enumerate(step_texts(operands, " + ", " = "), start=1)]
 
 
-# ---- completion parsing shared by the checks ----
-
-
-def _thinking(completion: str) -> str:
-    close = completion.find("</think>")
-    if close == -1:
-        return ""
-    head = completion[:close]
-    open_ = head.find("<think>")
-    return head[open_ + len("<think>"):] if open_ != -1 else head
-
-
-def _answer_region(completion: str) -> str | None:
-    from rewards.math_answer import answer_region  # the region the answer rewards read
-
-    region, _ = answer_region(completion)
-    return region
-
-
-def _boxes(text: str | None) -> list[str] | None:
-    """Boxed contents of `text`, or None when there is no text or its last box is unclosed."""
-    if text is None:
-        return None
-    from rewards.math_answer import find_boxed
-
-    found, unclosed = find_boxed(text)
-    return None if unclosed else found
-
-
 # ---- multilingual_arithmetic ----
 
 
@@ -293,28 +259,6 @@ def _multilingual_sample(a: int, b: int, language: str, render: str) -> Sample:
         metadata=metadata,
         id=f"{problem_id}-{language}",
     )
-
-
-def language_marker_consistent(completion: str, sample: Sample) -> bool:
-    """Tiny render: every reasoning step and the answer carry the sample's `language_marker`.
-
-    Needs at least one well-formed step (`<marker>d+d=dd`, comma separated) and an answer region
-    that is the marker followed by one `\\boxed{...}`; says nothing about whether the sum is right.
-    """
-    marker = sample.field("language_marker")
-    if not isinstance(marker, str):
-        raise ValueError(f"sample {sample.id}: no 'language_marker' (only tiny-render samples have one)")
-    think = _thinking(completion)
-    steps = think.split(",") if think else []
-    if not steps:
-        return False
-    for step in steps:
-        match = _TINY_STEP_RE.fullmatch(step)
-        if match is None or match.group(1) != marker:
-            return False
-    answer = _answer_region(completion)
-    boxes = _boxes(answer)
-    return boxes is not None and len(boxes) == 1 and answer == f"{marker}\\boxed{{{boxes[0]}}}"
 
 
 # ---- rubric_short_answers ----
@@ -379,48 +323,6 @@ def _rubric_sample(operands: tuple[int, ...], render: str, rng: random.Random) -
         metadata={"rubric_checks": checks, "render": render, "sft_target": target},
         id="rubric-" + "-".join(str(x) for x in operands),
     )
-
-
-def _check_met(check: dict[str, Any], think: str, answer: str | None) -> bool:
-    kind, value = check["check"], check.get("value")
-    boxes = _boxes(answer)
-    final = boxes[-1].strip() if boxes else None
-    # Steps are read with spaces removed, so "7 + 5 = 12" (text render) counts like "7+5=12".
-    steps = _STEP_RE.findall(re.sub(r"\s+", "", think))
-    if kind == "answer_equals":
-        return final == value
-    if kind == "dropped_carry":
-        return final == value
-    if kind == "max_answer_digits":
-        return final is not None and final.isdigit() and len(final) <= value
-    if kind == "single_boxed":
-        return boxes is not None and len(boxes) == 1
-    if kind == "steps_correct":
-        return [f"{terms}={total}" for terms, total in steps] == list(value)
-    if kind == "wrong_step":
-        return any(sum(int(t) for t in terms.split("+")) != int(total) for terms, total in steps)
-    raise ValueError(f"unknown rubric check {kind!r}")
-
-
-def rubric_check_results(completion: str, sample: Sample) -> list[bool]:
-    """Whether each of `metadata.rubric_checks` is met by the completion, in order."""
-    checks = sample.field("rubric_checks")
-    if not isinstance(checks, list) or not checks:
-        raise ValueError(f"sample {sample.id}: no 'rubric_checks'")
-    think, answer = _thinking(completion), _answer_region(completion)
-    return [_check_met(check, think, answer) for check in checks]
-
-
-def score_rubric_checks(completion: str, sample: Sample) -> float:
-    """(achieved - min) / (max - min) over the met checks, in [0, 1]; see the module docstring."""
-    checks = sample.field("rubric_checks")
-    met = rubric_check_results(completion, sample)
-    achieved = sum(c["points"] for c, ok in zip(checks, met) if ok)
-    low = sum(c["points"] for c in checks if c["points"] < 0)
-    high = sum(c["points"] for c in checks if c["points"] > 0)
-    if high == low:
-        raise ValueError(f"sample {sample.id}: every rubric check is worth 0 points")
-    return (achieved - low) / (high - low)
 
 
 # ---- math_and_choice ----

@@ -127,7 +127,7 @@ class JobSpec:
 
 def validate_overrides(overrides: list[str]) -> None:
     """Compose the config here first, so a typo fails before anything is uploaded."""
-    from trainer.compose import ConfigError, compose_config
+    from trainer.recipe_config import ConfigError, compose_config
 
     try:
         compose_config(overrides)

@@ -6,9 +6,9 @@ import re
 import string
 from typing import Any
 
+from data.answers import NO_BOXED_OR_TAG, answer_region, boxed_or_tagged_answer, normalize_answer
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
-from rewards.math_answer import NO_BOXED_OR_TAG, answer_region, boxed_or_tagged_answer, normalize_answer
 
 _ALL_LETTERS = string.ascii_uppercase
 _DEFAULT_LETTERS = "ABCDEFGHIJ"  # up to ten options (MMLU-Pro style) when the sample lists none

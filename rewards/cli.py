@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from data.schema import SampleError, sample_from_row
+from data.sources import jsonl_rows
 
 
 class CliError(Exception):
@@ -108,27 +109,17 @@ def _cmd_score(args) -> int:
 def _read_cases(path: str):
     cases = []
     try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror}") from None
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise CliError(f"{where}: invalid JSON ({exc})") from None
+        for where, row in jsonl_rows(path):
             if not isinstance(row, dict):
                 raise CliError(f"{where}: expected a JSON object")
             completion = row.pop("completion", None)
             if not isinstance(completion, str):
                 raise CliError(f"{where}: field 'completion' (a string) is required")
-            try:
-                cases.append((completion, _sample(row, where)))
-            except SampleError as exc:
-                raise CliError(str(exc)) from None
+            cases.append((completion, _sample(row, where)))
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}") from None
+    except SampleError as exc:  # invalid JSON or a row the schema rejects; names file and line
+        raise CliError(str(exc)) from None
     return cases
 
 

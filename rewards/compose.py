@@ -54,7 +54,8 @@ def accuracy_scores(batch: RewardBatch, accuracy_reward: str) -> list[float]:
     return [total if term is None else term for term, total in zip(terms, batch.scores)]
 
 
-def _parse_terms(task: str, terms: Any) -> list[Term]:
+def parse_terms(task: str, terms: Any) -> list[Term]:
+    """A task's reward terms, checked (names, parameters, weights, gates); ValueError naming the term."""
     if not isinstance(terms, (list, tuple)) or not terms:
         raise ValueError(f"task {task!r}: expected a non-empty list of reward terms")
     parsed: list[Term] = []
@@ -104,7 +105,8 @@ def _parse_terms(task: str, terms: Any) -> list[Term]:
 _TRANSFORM_KEYS = {"name", "params"}
 
 
-def _parse_transforms(task: str, entries: Any) -> list[tuple[GroupTransformSpec, dict]]:
+def parse_transforms(task: str, entries: Any) -> list[tuple[GroupTransformSpec, dict]]:
+    """A task's group transforms with their parameters, checked; ValueError naming the entry."""
     if not isinstance(entries, (list, tuple)):
         raise ValueError(f"group_transforms for task {task!r}: expected a list of {{name, params}}")
     parsed = []
@@ -139,12 +141,12 @@ class RewardComposer:
         self.import_modules = list(import_modules)
         for module in self.import_modules:
             importlib.import_module(module)
-        self.tasks: dict[str, list[Term]] = {str(task): _parse_terms(str(task), terms) for task, terms in tasks.items()}
+        self.tasks: dict[str, list[Term]] = {str(task): parse_terms(str(task), terms) for task, terms in tasks.items()}
         self.reward_names: list[str] = sorted({t.name for terms in self.tasks.values() for t in terms})
         if group_transforms is not None and not isinstance(group_transforms, dict):
             raise ValueError("group_transforms must map task names to lists of {name, params}")
         self.group_transforms: dict[str, list[tuple[GroupTransformSpec, dict]]] = {
-            str(task): _parse_transforms(str(task), entries) for task, entries in (group_transforms or {}).items()
+            str(task): parse_transforms(str(task), entries) for task, entries in (group_transforms or {}).items()
         }
         self._executor = RewardExecutor(num_workers=num_workers, timeout_s=timeout_s, import_modules=self.import_modules)
 
@@ -261,7 +263,7 @@ class RewardComposer:
         plain: list[int] = []
         batched: dict[tuple[str, str], list[int]] = {}
         for index, (name, params, _, _) in enumerate(jobs):
-            if get_reward(name).batch_fn is None:
+            if get_reward(name).extras.get("batch") is None:
                 plain.append(index)
             else:
                 batched.setdefault((name, repr(sorted(params.items()))), []).append(index)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from data.answers import answer_region, find_boxed
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
-from rewards.math_answer import answer_region, final_boxed, find_boxed
+from rewards.math_answer import final_boxed
 
 MODES = ("think_answer", "r4b_thinking", "r4b_non_thinking", "boxed")
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")

@@ -8,65 +8,23 @@ runs them per task after the reward mix (see ``RewardComposer.apply_group_transf
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from data.schema import Sample
+from plugins.registry import Plugin, Registry
 
-
-@dataclass(frozen=True)
-class GroupTransformSpec:
-    name: str
-    fn: Callable[..., list[float]]
-    params: dict[str, Any]
-    doc: str
-    validate: Callable[[dict[str, Any]], None] | None = None
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        """Raise ValueError on unknown parameters or values the transform's validator rejects."""
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a mapping, got {type(params).__name__}")
-        unknown = sorted(set(params) - set(self.params))
-        if unknown:
-            known = ", ".join(sorted(self.params)) or "none"
-            raise ValueError(f"group transform {self.name!r} has no parameter(s) {unknown}; its parameters: {known}")
-        if self.validate is not None:
-            self.validate({**self.params, **params})
-
-
-_REGISTRY: dict[str, GroupTransformSpec] = {}
+GroupTransformSpec = Plugin
+GROUP_TRANSFORMS = Registry("group transform", args=4)
 
 
 def register_group_transform(name: str, *, validate: Callable[[dict[str, Any]], None] | None = None):
     """Decorator registering a group transform; ``validate(params)`` gets defaults merged with the config."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("group transform name must be a non-empty string")
-
-    def decorator(fn):
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
-            raise ValueError(f"group transform {name!r} is already registered by {existing.fn.__module__}")
-        signature = inspect.signature(fn)
-        params = {
-            p.name: p.default for p in signature.parameters.values()
-            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
-        _REGISTRY[name] = GroupTransformSpec(name, fn, params, inspect.cleandoc(fn.__doc__ or ""), validate)
-        return fn
-
-    return decorator
+    return GROUP_TRANSFORMS.register(name, validate=validate)
 
 
 def get_group_transform(name: str) -> GroupTransformSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown group transform {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def list_group_transforms() -> list[GroupTransformSpec]:
-    return [spec for _, spec in sorted(_REGISTRY.items())]
+    return GROUP_TRANSFORMS.get(name)
 
 
 def percentile(values: list[float], q: float) -> float:

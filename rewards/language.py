@@ -11,23 +11,13 @@ import threading
 import unicodedata
 from typing import Any
 
+from data.answers import BOXED_RE, answer_region, find_boxed, thinking_text
+from data.language_codes import normalize_language
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
-from rewards.math_answer import _BOXED_RE, answer_region, find_boxed
-
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 # Labels the model splits finer than a prompt's language code does.
 _LABEL_ALIASES = {"yue": "zh", "wuu": "zh", "nn": "no", "nb": "no", "arz": "ar", "ary": "ar", "uzs": "uz"}
-# Old or alternative codes, and a few names, that datasets use for the prompt language.
-_CODE_ALIASES = {
-    "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "nb": "no", "nn": "no", "fil": "tl", "zho": "zh", "chi": "zh",
-    "eng": "en", "jpn": "ja", "kor": "ko", "fra": "fr", "fre": "fr", "deu": "de", "ger": "de", "spa": "es",
-    "rus": "ru", "tha": "th", "ara": "ar", "por": "pt", "ita": "it", "vie": "vi",
-    "english": "en", "chinese": "zh", "japanese": "ja", "korean": "ko", "french": "fr", "german": "de",
-    "spanish": "es", "russian": "ru", "thai": "th", "arabic": "ar", "portuguese": "pt", "italian": "it",
-    "vietnamese": "vi", "bengali": "bn", "telugu": "te", "swahili": "sw", "indonesian": "id", "hindi": "hi",
-}
 
 _CODE_BLOCK_RE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _INLINE_CODE_RE = re.compile(r"`[^`\n]*`")
@@ -60,19 +50,6 @@ def supported_languages() -> set[str]:
     if not _SUPPORTED:
         _SUPPORTED.update(_LABEL_ALIASES.get(label, label) for label in _identifier().labels)
     return _SUPPORTED
-
-
-def normalize_language(code: Any) -> str | None:
-    """``"zh-CN"``, ``"ZH_hans"``, ``"chi"``, ``"Chinese"`` -> ``"zh"``; None when not a usable string."""
-    if not isinstance(code, str):
-        return None
-    text = code.strip().lower().replace("_", "-")
-    if not text:
-        return None
-    if text in _CODE_ALIASES:
-        return _CODE_ALIASES[text]
-    base = text.split("-", 1)[0]
-    return _CODE_ALIASES.get(base, base)
 
 
 def language_probabilities(text: str) -> dict[str, float]:
@@ -131,7 +108,7 @@ def _drop_boxed(text: str) -> str:
     boxes, _ = find_boxed(text)
     out, pos = [], 0
     for box in boxes:
-        match = _BOXED_RE.search(text, pos)
+        match = BOXED_RE.search(text, pos)
         out.append(text[pos:match.start()])
         out.append(" ")
         pos = match.end() + len(box) + 1
@@ -163,14 +140,8 @@ def split_thinking(completion: str, require_answer_tag: bool = False) -> tuple[s
     Thinking is the text up to the first ``</think>`` (after a leading ``<think>`` if any), empty when
     there is no ``</think>``. The answer is the answer region of ``boxed_answer``.
     """
-    thinking = ""
-    close = completion.find(_THINK_CLOSE)
-    if close != -1:
-        head = completion[:close]
-        open_ = head.find(_THINK_OPEN)
-        thinking = head[open_ + len(_THINK_OPEN):] if open_ != -1 else head
     answer, where = answer_region(completion, require_answer_tag)
-    return thinking, answer, where
+    return thinking_text(completion), answer, where
 
 
 def _validate(params: dict[str, Any]) -> None:

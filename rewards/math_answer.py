@@ -1,6 +1,6 @@
 r"""``boxed_answer``: the final ``\boxed{...}`` compared with the gold answer by mathematical equivalence.
 
-Also holds the answer-region and boxed-extraction helpers the other answer rewards share.
+Reading the answer (region, boxes, numbers, fractions) is `data.answers`, shared with the other rewards and data.
 """
 
 from __future__ import annotations
@@ -8,109 +8,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from data.answers import (MAX_ANSWER_CHARS, answer_region, canonical, find_boxed, looks_like_text, normalize_answer,
+                          plain_number, simple_rational)
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
-
-MAX_ANSWER_CHARS = 1000
-
-_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
-
-
-def answer_region(completion: str, require_answer_tag: bool = False) -> tuple[str | None, str]:
-    """The part of a completion that holds the final answer, and where it came from.
-
-    - the content of the last complete ``<answer>...</answer>`` block, if any;
-    - else (unless ``require_answer_tag``) the text after the last ``</think>``;
-    - else, when a ``<think>`` is opened but never closed, nothing (the answer was cut off);
-    - else the whole completion.
-    Returns ``(None, reason)`` when there is no region.
-    """
-    close = completion.rfind(_ANSWER_CLOSE)
-    if close != -1:
-        open_ = completion.rfind(_ANSWER_OPEN, 0, close)
-        if open_ != -1:
-            return completion[open_ + len(_ANSWER_OPEN):close], "answer_tag"
-    if require_answer_tag:
-        return None, "no <answer> tag"
-    think_close = completion.rfind(_THINK_CLOSE)
-    if think_close != -1:
-        return completion[think_close + len(_THINK_CLOSE):], "after_think"
-    if _THINK_OPEN in completion:
-        return None, "unterminated <think>"
-    return completion, "whole"
-
-
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def find_boxed(text: str) -> tuple[list[str], bool]:
-    r"""Contents of every top-level ``\boxed{...}`` (or ``\fbox``) in order, and whether the last one is unclosed.
-
-    Braces are matched with nesting; ``\{`` and ``\}`` are escaped braces. Linear in ``len(text)``.
-    """
-    found: list[str] = []
-    pos = 0
-    while True:
-        match = _BOXED_RE.search(text, pos)
-        if match is None:
-            return found, False
-        start = match.end()
-        depth, i, n = 1, start, len(text)
-        while i < n:
-            ch = text[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
-        if depth != 0:
-            return found, True
-        found.append(text[start:i])
-        pos = i + 1
-
-
-_SPACE_RE = re.compile(r"\s+")
-
-
-def _canonical(answer: str) -> str:
-    """Whitespace-insensitive form used to tell repeated answers from different ones."""
-    return _SPACE_RE.sub("", answer)
-
-
-def boxed_or_tagged_answer(completion: str, require_answer_tag: bool = False,
-                           reject_hedging: bool = False) -> tuple[str | None, str]:
-    """The final answer text: the last boxed answer of the answer region, else a bare ``<answer>`` body.
-
-    Returns ``(None, reason)`` when there is none, the box is unclosed, or (``reject_hedging``) the
-    region holds different boxed answers. Shared by the choice and numeric rewards.
-    """
-    region, where = answer_region(completion, require_answer_tag)
-    if region is None:
-        return None, where
-    boxes, unclosed = find_boxed(region)
-    if unclosed:
-        return None, "unclosed \\boxed"
-    if boxes:
-        if reject_hedging and len({_canonical(b) for b in boxes}) > 1:
-            return None, "hedged: several different boxed answers"
-        return boxes[-1], "boxed"
-    if where == "answer_tag":
-        return region, "answer_tag"
-    return None, NO_BOXED_OR_TAG
-
-
-NO_BOXED_OR_TAG = "no \\boxed or <answer> answer"
 
 
 def final_boxed(completion: str, require_answer_tag: bool = False,
@@ -129,7 +33,7 @@ def final_boxed(completion: str, require_answer_tag: bool = False,
     if not boxes:
         return None, {"extracted": None, "reason": "no \\boxed answer", "region": where}
     last = boxes[-1].strip()
-    if reject_hedging and len({_canonical(b) for b in boxes}) > 1:
+    if reject_hedging and len({canonical(b) for b in boxes}) > 1:
         return None, {"extracted": _clip(last), "reason": "hedged: several different boxed answers", "region": where}
     if not last:
         return None, {"extracted": "", "reason": "empty \\boxed", "region": where}
@@ -140,75 +44,6 @@ def final_boxed(completion: str, require_answer_tag: bool = False,
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-# --- cheap normalisation -------------------------------------------------------------------------
-
-_WRAPPERS_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP_RE = re.compile(r"\\[,;:! ]|\\left|\\right|\\displaystyle|\\?\$")
-_TRAILING_RE = re.compile(r"(?:\\?%|\^\s*\{?\\circ\}?|\\degree|[.。])+$")
-
-
-def normalize_answer(answer: str) -> str:
-    """A light textual normal form: no formatting wrappers, spacing commands, ``$``, trailing % or period."""
-    text = answer.strip()
-    for _ in range(3):  # nested wrappers like \text{\textbf{x}}
-        new = _WRAPPERS_RE.sub(r"\1", text)
-        if new == text:
-            break
-        text = new
-    text = _DROP_RE.sub("", text)
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    text = _TRAILING_RE.sub("", text.strip())
-    return _SPACE_RE.sub(" ", text).strip()
-
-
-_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
-
-
-def plain_number(text: str) -> Decimal | None:
-    """The value of a plain integer/decimal (thousands commas allowed), else None."""
-    if len(text) > 100 or not _PLAIN_NUMBER_RE.fullmatch(text):
-        return None
-    try:
-        return Decimal(text.replace(",", ""))
-    except InvalidOperation:
-        return None
-
-
-_FRAC_RE = re.compile(r"([+-]?)\\frac\s*(?:\{\s*([+-]?\d{1,50})\s*\}|(\d))\s*(?:\{\s*([+-]?\d{1,50})\s*\}|(\d))")
-_SLASH_RE = re.compile(r"([+-]?\d{1,50})\s*/\s*([+-]?\d{1,50})")
-
-
-def simple_rational(text: str) -> Fraction | None:
-    r"""The exact value of a plain number, ``\frac{a}{b}``, ``\frac12`` or ``a/b`` with integer a, b; else None."""
-    number = plain_number(text)
-    if number is not None:
-        return Fraction(number)
-    match = _FRAC_RE.fullmatch(text)
-    if match:
-        sign, num_b, num_d, den_b, den_d = match.groups()
-        num, den = int(num_b or num_d), int(den_b or den_d)
-        if den == 0:
-            return None
-        return Fraction(-num if sign == "-" else num, den)
-    match = _SLASH_RE.fullmatch(text)
-    if match and int(match.group(2)) != 0:
-        return Fraction(int(match.group(1)), int(match.group(2)))
-    return None
-
-
-_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
-_WORD_RE = re.compile(r"[A-Za-z]{4,}")
-
-
-def looks_like_text(answer: str) -> bool:
-    """Prose or code rather than math: a 4+ letter word outside LaTeX commands and \\text{} (math uses
-    single-letter variables). Such answers are only compared as text: the LaTeX parser needs up to a
-    second to give up on them.
-    """
-    stripped = _COMMAND_RE.sub(" ", _WRAPPERS_RE.sub(" ", answer))
-    return _WORD_RE.search(stripped) is not None
 
 
 # --- guards against answers whose evaluation explodes ----------------------------------------------

@@ -19,14 +19,14 @@ the call fail (``details["error"]``), so it is counted as a failure rather than 
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
-from data.schema import Sample
+from data.answers import answer_region, find_boxed, thinking_text
+from data.schema import Sample, validate_rubrics
 from rewards.base import RewardOutput, register_reward
 from rewards.judge import clip, client_from_params, conversation_text, parse_json_reply, validate_judge_params
 from rewards.judge import strip_thinking as final_answer
-
-POINTS_RANGE = (-10, 10)
 
 SYSTEM_PROMPT = (
     "You are a careful grader. You are shown a conversation, a response to it, and one grading criterion. "
@@ -56,24 +56,6 @@ def parse_verdict(reply: str | None) -> bool | None:
     return value["met"]
 
 
-def validate_rubrics(rubrics: Any) -> list[dict[str, Any]]:
-    """The rubric list, checked; ValueError names the first problem."""
-    if not isinstance(rubrics, list) or not rubrics:
-        raise ValueError("rubrics must be a non-empty list of {criterion, points}")
-    low, high = POINTS_RANGE
-    for i, item in enumerate(rubrics):
-        if not isinstance(item, dict):
-            raise ValueError(f"rubric {i}: expected a mapping, got {type(item).__name__}")
-        criterion, points = item.get("criterion"), item.get("points")
-        if not isinstance(criterion, str) or not criterion.strip():
-            raise ValueError(f"rubric {i}: 'criterion' must be a non-empty string")
-        if isinstance(points, bool) or not isinstance(points, int) or not low <= points <= high:
-            raise ValueError(f"rubric {i}: 'points' must be an integer in [{low}, {high}], got {points!r}")
-    if all(item["points"] == 0 for item in rubrics):
-        raise ValueError("rubrics: every criterion is worth 0 points, nothing to score")
-    return rubrics
-
-
 def score_rubrics(rubrics: list[dict[str, Any]], verdicts: list[bool | None]) -> RewardOutput:
     """Normalised score from per-criterion verdicts (None = unparsable = not met); see the module docstring."""
     if len(rubrics) != len(verdicts):
@@ -81,6 +63,8 @@ def score_rubrics(rubrics: list[dict[str, Any]], verdicts: list[bool | None]) ->
     points = [item["points"] for item in rubrics]
     max_possible = sum(p for p in points if p > 0)
     min_possible = sum(p for p in points if p < 0)
+    if max_possible == min_possible:
+        raise ValueError("every criterion is worth 0 points, nothing to score")
     achieved = sum(p for p, met in zip(points, verdicts) if met is True)
     score = (achieved - min_possible) / (max_possible - min_possible)
     return RewardOutput(score, {
@@ -158,16 +142,54 @@ def rubric(completion: str, sample: Sample, *, base_url: str = "", model: str = 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(rubric).parameters.items() if p.default is not p.empty}
 
 
+# ---- rubrics a program can check (data.synthetic's rubric_short_answers): no judge needed ----
+
+_STEP_RE = re.compile(r"(\d+(?:\+\d+)*)=(\d+)")
+
+
+def _complete_boxes(text: str | None) -> list[str] | None:
+    """Boxed contents of `text`, or None when there is no text or its last box is unclosed."""
+    if text is None:
+        return None
+    found, unclosed = find_boxed(text)
+    return None if unclosed else found
+
+
+def _check_met(check: dict[str, Any], think: str, answer: str | None) -> bool:
+    kind, value = check["check"], check.get("value")
+    boxes = _complete_boxes(answer)
+    final = boxes[-1].strip() if boxes else None
+    # Steps are read with spaces removed, so "7 + 5 = 12" (text render) counts like "7+5=12".
+    steps = _STEP_RE.findall(re.sub(r"\s+", "", think))
+    if kind in ("answer_equals", "dropped_carry"):
+        return final == value
+    if kind == "max_answer_digits":
+        return final is not None and final.isdigit() and len(final) <= value
+    if kind == "single_boxed":
+        return boxes is not None and len(boxes) == 1
+    if kind == "steps_correct":
+        return [f"{terms}={total}" for terms, total in steps] == list(value)
+    if kind == "wrong_step":
+        return any(sum(int(t) for t in terms.split("+")) != int(total) for terms, total in steps)
+    raise ValueError(f"unknown rubric check {kind!r}")
+
+
+def rubric_check_results(completion: str, sample: Sample) -> list[bool]:
+    """Whether each of `metadata.rubric_checks` is met by the completion, in order."""
+    checks = sample.field("rubric_checks")
+    if not isinstance(checks, list) or not checks:
+        raise ValueError(f"sample {sample.id}: no 'rubric_checks'")
+    think, (answer, _) = thinking_text(completion), answer_region(completion)
+    return [_check_met(check, think, answer) for check in checks]
+
+
 @register_reward("rubric_checks")
 def rubric_checks(completion: str, sample: Sample) -> RewardOutput:
     """Rubric score in [0, 1] from machine-checkable criteria (``metadata.rubric_checks``), no judge.
 
-    The offline stand-in for ``rubric``: same normalisation, each criterion decided by a rule
-    (see ``data/synthetic.py``, rubric_short_answers).
+    The offline stand-in for ``rubric``: the same normalisation (``score_rubrics``), each criterion decided
+    by a rule (the checks of ``data/synthetic.py``'s rubric_short_answers).
     """
-    from data.synthetic import rubric_check_results, score_rubric_checks  # data imports rewards: import late
-
     if not sample.field("rubric_checks"):
         return RewardOutput(0.0, {"reason": "sample has no metadata.rubric_checks"})
-    met = rubric_check_results(completion, sample)
-    return RewardOutput(score_rubric_checks(completion, sample), {"met": met})
+    return score_rubrics(sample.field("rubric_checks"), rubric_check_results(completion, sample))

@@ -6,15 +6,14 @@ regular expressions only; nothing in a completion is evaluated.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
 from typing import Any, Sequence
 
+from data.answers import answer_region
 from data.schema import Sample
 from rewards.base import RewardOutput, register_reward
-from rewards.math_answer import answer_region
 
 Box = tuple[float, float, float, float]
 
@@ -172,16 +171,6 @@ def best_matching(matrix: list[list[float]]) -> list[tuple[int, int]]:
         return [(r, c) for r, c in enumerate(cols)]
     rows = _assignment_min_cost([[-matrix[r][c] for r in range(n)] for c in range(m)])
     return sorted((r, c) for c, r in enumerate(rows))
-
-
-def brute_force_matching(matrix: list[list[float]]) -> float:
-    """Best total by trying every assignment (for checking ``best_matching`` on small inputs)."""
-    n, m = len(matrix), len(matrix[0]) if matrix else 0
-    if n == 0 or m == 0:
-        return 0.0
-    if n <= m:
-        return max(sum(matrix[r][c] for r, c in enumerate(cols)) for cols in itertools.permutations(range(m), n))
-    return max(sum(matrix[r][c] for c, r in enumerate(rows)) for rows in itertools.permutations(range(n), m))
 
 
 def _validate(params: dict[str, Any]) -> None:

@@ -1,6 +1,5 @@
 """The actor's update: micro-batching changes nothing, and the update moves log-probs the way advantages say."""
 
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ RESPONSES = [[15, 7, 8, 20, 14], [15, 9, 14], [15, 1, 20, 14], [15, 2, 2, 2, 14]
 
 
 def make_actor(model_dir, micro, mini=4, agg="token_mean", kl_coef=0.0, lr=1e-2):
-    actor = asdict(ActorConfig(lr=lr, mini_batch_size=mini, micro_batch_size=micro, threads=1))
-    algorithm = asdict(AlgorithmConfig(loss_agg=agg, kl_coef=kl_coef))
+    actor = ActorConfig(lr=lr, mini_batch_size=mini, micro_batch_size=micro, threads=1)
+    algorithm = AlgorithmConfig(loss_agg=agg, kl_coef=kl_coef)
     return ActorWorker(model_dir, actor=actor, algorithm=algorithm, dtype="float32", seed=0, max_len=8)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.check import run_check
-from trainer.compose import available_presets, available_recipes, compose_config
+from trainer.recipe_config import available_presets, available_recipes, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Every recipe's tiny preset, and the recipes that are small already (quickstart*: embedded or wheel models).
@@ -53,6 +53,16 @@ def test_an_unknown_reward_is_one_line_naming_task_and_reward():
     assert len(bad) == 1 and "task 'default'" in bad[0], lines
     # The valid task is still checked: its gold response is scored.
     assert any(line.startswith("[check] gold response, task 'arithmetic'") for line in lines)
+
+
+def test_each_plugin_problem_is_one_line_naming_its_config_key():
+    code, lines = check("recipe=quickstart", "algorithm.advantage_params={epsilom: 1}", "reward.weighting.rule=dificulty")
+    assert code == 2
+    advantage, rule = problems(lines)
+    assert advantage == ("[check] problem: algorithm.advantage_params: advantage estimator 'grpo' has no parameter "
+                         "'epsilom'; its parameters: eps, norm_by_std (did you mean 'eps'?)")
+    assert rule.startswith("[check] problem: reward.weighting.rule: unknown weighting rule 'dificulty'; registered: "
+                           "difficulty, difficulty_gaussian, ") and rule.endswith("(did you mean 'difficulty'?)")
 
 
 def test_a_prompt_that_never_asks_for_boxed_is_reported():

@@ -4,7 +4,6 @@ both must leave log-probs, entropy, gradients and the update as the plain path c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -224,8 +223,8 @@ def test_every_rank_runs_the_same_number_of_micro_batches():
 
 def make_actor(model_dir, *, loss_agg="token_mean", **actor_overrides):
     actor = ActorWorker(
-        model_dir, actor=asdict(ActorConfig(mini_batch_size=6, threads=1, grad_clip=0.0, **actor_overrides)),
-        algorithm=asdict(AlgorithmConfig(loss_agg=loss_agg, kl_coef=0.1, kl_estimator="k3")),
+        model_dir, actor=ActorConfig(mini_batch_size=6, threads=1, grad_clip=0.0, **actor_overrides),
+        algorithm=AlgorithmConfig(loss_agg=loss_agg, kl_coef=0.1, kl_estimator="k3"),
         dtype="float32", seed=0, max_len=12,
     )
     # Adam's first step is about lr * sign(grad): float noise in a near-zero gradient would flip a whole
@@ -306,8 +305,8 @@ def test_sharded_chunked_budget_update_equals_plain(tiny_model_dir, strategy, ex
     from trainer.workers.group import WorkerGroup, init_ray
 
     def configs(**actor_overrides):
-        actor = asdict(ActorConfig(lr=5e-3, mini_batch_size=6, threads=1, **actor_overrides))
-        algorithm = asdict(AlgorithmConfig(loss_agg="token_mean", kl_coef=0.1, kl_estimator="k3"))
+        actor = ActorConfig(lr=5e-3, mini_batch_size=6, threads=1, **actor_overrides)
+        algorithm = AlgorithmConfig(loss_agg="token_mean", kl_coef=0.1, kl_estimator="k3")
         return dict(actor=actor, algorithm=algorithm, dtype="float32", seed=0, max_len=12)
 
     lengths = TrainBatch.from_sequences(PROMPTS, RESPONSES, pad_id=14).sequence_lengths()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trainer.compose import ConfigError, available_recipes, compose_config
+from trainer.recipe_config import ConfigError, available_recipes, compose_config
 from trainer.config import validate
 
 
@@ -53,7 +53,9 @@ def test_bad_value_names_the_key():
     [
         ("actor.mini_batch_size=100", "actor.mini_batch_size=100 must divide the rollout batch"),
         ("actor.micro_batch_size=100", "actor.micro_batch_size=100 must divide actor.mini_batch_size=256"),
-        ("rollout.engine=sglang", "rollout.engine='sglang'"),
+        ("rollout.engine=sglang", "rollout.engine: unknown rollout engine 'sglang'; registered: hf, vllm"),
+        ("actor.strategy=zero9", "actor.strategy: unknown training strategy 'zero9'; registered: deepspeed, fsdp2, torch"),
+        ("data.sampler=random", "data.sampler: unknown prompt sampler 'random'"),
         ("resources.actor.count=2", "data parallel needs actor.strategy=fsdp2 or deepspeed"),
     ],
 )

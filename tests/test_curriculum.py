@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data.curriculum import TaskHomogeneousSampler
+from data.sampler import TaskHomogeneousSampler
 from data.schema import Sample
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from data import SampleError, SourceError
 from data.preprocess import INSTRUCTIONS, PREPROCESSORS, load_dataset_samples
-from rewards.rubric import validate_rubrics
+from data.schema import validate_rubrics
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 GSM8K = FIXTURES / "gsm8k" / "main"  # Hub layout: <split>-00000-of-00001.parquet

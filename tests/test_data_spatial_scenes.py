@@ -415,8 +415,8 @@ def test_palette_with_one_object_per_colour(tmp_path):
 
 
 def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):
-    from trainer.compose import compose_config
-    from trainer.data_setup import load_prompt_sets
+    from trainer.recipe_config import compose_config
+    from trainer.prompt_sets import load_prompt_sets
 
     cfg = compose_config([f"trainer.output_dir={tmp_path}", "data.train=synthetic:math_choice_and_spatial",
                           "data.num_train=11", "data.num_eval=4"])
@@ -433,8 +433,8 @@ def test_m2_mix_is_half_text_half_scenes_all_with_a_difficulty(tmp_path):
 
 
 def test_quickstart_vl_scene_options_reach_the_generator(tmp_path):
-    from trainer.compose import compose_config
-    from trainer.data_setup import load_prompt_sets
+    from trainer.recipe_config import compose_config
+    from trainer.prompt_sets import load_prompt_sets
     from data.curriculum import curriculum_stages
 
     cfg = compose_config(["recipe=quickstart_vl", f"trainer.output_dir={tmp_path}", "data.num_train=40",

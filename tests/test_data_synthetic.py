@@ -7,20 +7,17 @@ import re
 import pytest
 
 from data.arithmetic import column_steps
-from data.schema import Sample
+from data.schema import Sample, validate_rubrics
 from data.synthetic import (
     LANGUAGE_MARKERS,
     TEXT_LANGUAGES,
-    language_marker_consistent,
     math_and_choice,
     multilingual_arithmetic,
-    rubric_check_results,
     rubric_short_answers,
-    score_rubric_checks,
     step_texts,
 )
 from rewards.base import call_reward, get_reward
-from rewards.rubric import score_rubrics, validate_rubrics
+from rewards.rubric import rubric_check_results, rubric_checks, score_rubrics
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +43,18 @@ def think_and_box(target: str) -> tuple[str, str]:
     box = re.search(r"\\boxed\{([^{}]*)\}", match.group(2))
     assert box, target
     return match.group(1), box.group(1)
+
+
+def language_marker_consistent(completion: str, sample: Sample) -> bool:
+    """Tiny render: every reasoning step and the answer carry the sample's `language_marker`, the
+    convention M-Thinker's language-consistency reward checks, here without a language-ID model."""
+    marker = sample.metadata["language_marker"]
+    match = re.fullmatch(r"<think>(.+)</think><answer>(.*)</answer>", completion, re.DOTALL)
+    if match is None:
+        return False
+    steps = [re.fullmatch(r"([=+]*)\d+(?:\+\d+)*=\d+", step) for step in match.group(1).split(",")]
+    answer_marked = re.fullmatch(re.escape(marker) + r"\\boxed\{\d+\}", match.group(2)) is not None
+    return answer_marked and all(step is not None and step.group(1) == marker for step in steps)
 
 
 def sum_from_steps(steps: list[str]) -> int:
@@ -136,8 +145,6 @@ def test_language_marker_check_rejects_mixed_or_missing_markers():
     assert not language_marker_consistent(f"<answer>=\\boxed{{{total}}}</answer>", zh)  # no reasoning
     assert not language_marker_consistent(en.metadata["sft_target"], zh)
     assert not language_marker_consistent(zh.metadata["sft_target"], en)
-    with pytest.raises(ValueError, match="language_marker"):
-        language_marker_consistent("x", Sample(prompt="1+1", id="no-marker"))
 
 
 def test_multilingual_text_render_is_judged_in_its_language():
@@ -213,7 +220,7 @@ CHECKS_47_385 = [
 def test_rubric_scores_by_hand(completion, expected):
     rubrics = [{"criterion": c["criterion"], "points": c["points"]} for c in CHECKS_47_385]
     sample = Sample(prompt="47+385", ground_truth=rubrics, metadata={"rubric_checks": CHECKS_47_385})
-    assert score_rubric_checks(completion, sample) == pytest.approx(expected)
+    assert rubric_checks(completion, sample).score == pytest.approx(expected)
     # The same verdicts through the judge-based rubric reward's normalisation give the same score.
     verdicts = rubric_check_results(completion, sample)
     assert score_rubrics(sample.ground_truth, verdicts).score == pytest.approx(expected)
@@ -242,8 +249,8 @@ def test_rubric_generator_answers_and_rubrics(tokenizer):
         target = sample.metadata["sft_target"]
         think, box = think_and_box(target)
         assert box == str(total) and sum_from_steps(think.split(",")) == total
-        assert score_rubric_checks(target, sample) == 1.0
-        assert score_rubric_checks("<answer>\\boxed{0}</answer>", sample) < 1.0
+        assert rubric_checks(target, sample).score == 1.0
+        assert rubric_checks("<answer>\\boxed{0}</answer>", sample).score < 1.0
         assert_tiny_vocab(tokenizer, sample.prompt)
         assert_tiny_vocab(tokenizer, target)
 
@@ -255,7 +262,7 @@ def test_rubric_generator_determinism_and_text_render():
     for sample in train:
         operands = [int(x) for x in re.findall(r"\d+", sample.prompt.split("\n")[0])]
         assert think_and_box(sample.metadata["sft_target"])[1] == str(sum(operands))
-        assert score_rubric_checks(sample.metadata["sft_target"], sample) == 1.0
+        assert rubric_checks(sample.metadata["sft_target"], sample).score == 1.0
 
 
 # ---- math_and_choice ----
@@ -316,3 +323,12 @@ def test_math_and_choice_shares_determinism_and_errors():
         math_and_choice(2, 1, seed=0, choice_share=1.5)
     with pytest.raises(ValueError, match="n_train"):
         math_and_choice(-1, 1, seed=0)
+
+
+def test_rubric_checks_worth_nothing_are_an_error_not_a_score():
+    checks = [{"check": "single_boxed", "value": None, "points": 0, "criterion": "One box."}]
+    sample = Sample(prompt="1+1", metadata={"rubric_checks": checks})
+    assert rubric_check_results("<answer>\\boxed{2}</answer>", sample) == [True]
+    with pytest.raises(ValueError, match="worth 0 points"):
+        rubric_checks("<answer>\\boxed{2}</answer>", sample)
+    assert rubric_checks("x", Sample(prompt="1+1")).details["reason"] == "sample has no metadata.rubric_checks"

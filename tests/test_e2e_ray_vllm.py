@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trainer.compose import compose_config
-from trainer.engines.sampling import SamplingSpec
+from trainer.recipe_config import compose_config
+from trainer.rollout.sampling import SamplingSpec
 from trainer.loop import Trainer
 from trainer.workers.group import WorkerDiedError
 
@@ -50,14 +50,14 @@ def test_grpo_steps_on_ray_with_vllm(tmp_path):
         import ray
 
         assert ray.is_initialized()
-        initial = trainer.actor.call("weights")[0]
-        assert_same(trainer.rollout.call("weights")[0], initial, "at start")
+        initial = trainer.workers.actor.call("weights")[0]
+        assert_same(trainer.workers.rollout.call("weights")[0], initial, "at start")
 
         metrics = [trainer.step(step) for step in range(2)]
-        after = trainer.actor.call("weights")[0]
+        after = trainer.workers.actor.call("weights")[0]
         moved = sum(float((after[k] - initial[k]).abs().sum()) for k in initial)
         assert moved > 0, "the actor's weights did not change"
-        assert_same(trainer.rollout.call("weights")[0], after, "after sync")
+        assert_same(trainer.workers.rollout.call("weights")[0], after, "after sync")
         for m in metrics:
             assert m["batch/kept_completions"] == 32
             assert m["time/sync"] > 0
@@ -67,13 +67,13 @@ def test_grpo_steps_on_ray_with_vllm(tmp_path):
 
         # A batch too large to prefill in one go (chunked prefill) samples fine: per-request seeds
         # broke vLLM's CPU path there ("CPU Generator does not use offset").
-        width = trainer.max_len - 4  # as long as the engine allows, so 64 x 8 of them exceed one prefill batch
+        width = trainer.workers.max_len - 4  # as long as the engine allows, so 64 x 8 of them exceed one prefill batch
         long_prompts = [(i, [1 + (i + j) % 10 for j in range(width)]) for i in range(64)]
         spec = SamplingSpec(n=8, temperature=1.0, max_new_tokens=4, stop_token_ids=(), seed=11)
-        assert len(trainer.rollout.call("generate", long_prompts, spec)[0]) == 64 * 8
+        assert len(trainer.workers.rollout.call("generate", long_prompts, spec)[0]) == 64 * 8
 
         # A rollout worker that dies is reported by role and method, not as a bare Ray traceback.
-        ray.kill(trainer.rollout.workers[0])
+        ray.kill(trainer.workers.rollout.workers[0])
         with pytest.raises(WorkerDiedError, match="rollout worker died during 'generate'"):
             trainer.step(2)
     finally:

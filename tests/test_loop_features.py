@@ -4,7 +4,7 @@ task-homogeneous batches, frozen parameters."""
 import pytest
 import torch
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
 
 pytestmark = pytest.mark.slow
@@ -30,18 +30,19 @@ def test_bpo_modes_share_one_group_per_prompt(tmp_path):
         "tracking.samples_every=2", "tracking.samples_per_log=6",
     )
     try:
-        rollouts = trainer.rollout_round(trainer.sampler.next_batch(), seed=5)
+        rollouts = trainer.collector.round(trainer.sampler.next_batch(), seed=5)
         metrics = trainer.step(1)
         recorded = trainer.sample_rows
     finally:
         trainer.close()
     # 4 prompts x 2 modes x n=2: each prompt's group holds its 2 thinking and 2 non-thinking completions.
-    assert len(rollouts.completions) == 16
+    items = rollouts.items
+    assert len(items) == 16
     for g in range(4):
-        modes = sorted(m for m, gi in zip(rollouts.modes, rollouts.group) if gi == g)
+        modes = sorted(r.mode for r in items if r.group == g)
         assert modes == ["non_thinking", "non_thinking", "thinking", "thinking"]
-    think_id, close_id = trainer.tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
-    for ids, text, mode in zip(rollouts.prompt_ids, rollouts.texts, rollouts.modes):
+    think_id, close_id = trainer.prompts.tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    for ids, text, mode in [(r.prompt_ids, r.text, r.mode) for r in items]:
         prefix = [think_id] if mode == "thinking" else [think_id, close_id]
         assert ids[-len(prefix):] == prefix, "the mode prefix is forced as part of the prompt"
         assert text.startswith("<think></think>" if mode == "non_thinking" else "<think>")
@@ -49,12 +50,12 @@ def test_bpo_modes_share_one_group_per_prompt(tmp_path):
     assert {"bpo/thinking/reward_mean", "bpo/non_thinking/reward_mean"} <= set(metrics)
 
     # Sample table: first completion of each of the 4 prompts, then the second of prompts 0 and 1.
-    expected = [[i for i, g in enumerate(rollouts.group) if g == group][rank] for rank, group in
+    expected = [[i for i, r in enumerate(items) if r.group == group][rank] for rank, group in
                 [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]]
     rows = rollouts.table_rows(6)
-    assert [r["completion"] for r in rows] == [rollouts.texts[i] for i in expected]
-    assert [r["reward"] for r in rows] == [rollouts.scored.scores[i] for i in expected]
-    assert [r["mode"] for r in rows] == [rollouts.modes[i] for i in expected]
+    assert [r["completion"] for r in rows] == [items[i].text for i in expected]
+    assert [r["reward"] for r in rows] == [items[i].score for i in expected]
+    assert [r["mode"] for r in rows] == [items[i].mode for i in expected]
     assert rows[0]["prompt"] == rollouts.samples[0].prompt and rows[0]["ground_truth"] == str(rollouts.samples[0].ground_truth)
     # step index 1 is the 2nd step: with samples_every=2 the trainer records 6 rows over 4 prompts.
     assert len(recorded) == 6 and len({r["prompt"] for r in recorded[:4]}) == 4
@@ -66,7 +67,7 @@ def test_dynamic_sampling_refills_with_varied_groups(tmp_path):
         "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len_if_even', weight: 0.1}]}",
     )
     try:
-        rollouts, info = trainer.collect(0)
+        rollouts, info = trainer.collector.collect(0)
     finally:
         trainer.close()
     # Groups of odd-leading prompts score all 0 and must be gone; the batch is refilled to 4 groups.
@@ -92,9 +93,9 @@ def test_task_homogeneous_batches(tmp_path):
 def test_frozen_parameters_stay_bit_identical(tmp_path):
     trainer = make_trainer(tmp_path, "actor.freeze=[model.layers.0.]")
     try:
-        before = trainer.actor.call("weights")[0]
+        before = trainer.workers.actor.call("weights")[0]
         trainer.step(0)
-        after = trainer.actor.call("weights")[0]
+        after = trainer.workers.actor.call("weights")[0]
     finally:
         trainer.close()
     frozen = [k for k in before if k.startswith("model.layers.0.")]
@@ -105,7 +106,7 @@ def test_frozen_parameters_stay_bit_identical(tmp_path):
 
 
 def test_per_task_table_shows_each_task_and_the_unweighted_mean():
-    from trainer.loop import per_task_lines
+    from trainer.evaluate import per_task_lines
 
     before = {"eval/acc": 0.3, "eval/acc/count": 0.1, "eval/reward/count": 0.45,
               "eval/acc/grounding": 0.0, "eval/reward/grounding": 0.028, "eval/acc_task_mean": 0.05}
@@ -123,8 +124,8 @@ def test_overlong_prompts_are_dropped_and_counted_before_any_worker(tmp_path, ca
     # The tiny model's context is 256 tokens; quickstart prompts are 5-7 characters (tokens).
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "data.max_prompt_tokens=5"]))
     try:
-        lengths = [len(trainer.encode_prompt(s)) for s in trainer.train_samples + trainer.eval_samples]
-        assert max(lengths) <= 5 and trainer.actor is None and trainer.rollout is None
+        lengths = [len(trainer.prompts.ids(s)) for s in trainer.train_samples + trainer.eval_samples]
+        assert max(lengths) <= 5 and trainer.workers.actor is None and trainer.workers.rollout is None
         out = capsys.readouterr().out
         dropped = int(out.split("train: dropped ")[1].split(" of ")[0])
         assert dropped + len(trainer.train_samples) == 64 and dropped > 0
@@ -135,7 +136,7 @@ def test_overlong_prompts_are_dropped_and_counted_before_any_worker(tmp_path, ca
     # Without the key, the limit is the model's context minus the response budget.
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}/c", *BASE, "rollout.eval_max_new_tokens=251"]))
     try:
-        assert all(len(trainer.encode_prompt(s)) <= 5 for s in trainer.train_samples)
+        assert all(len(trainer.prompts.ids(s)) <= 5 for s in trainer.train_samples)
         assert len(trainer.train_samples) < 64
     finally:
         trainer.close()
@@ -146,7 +147,7 @@ def test_chat_template_prompts_and_the_opened_think_reach_rollout_and_rewards(tm
 
     from transformers import AutoTokenizer
 
-    from trainer.engines.sampling import Completion
+    from trainer.rollout.sampling import Completion
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -158,9 +159,9 @@ def test_chat_template_prompts_and_the_opened_think_reach_rollout_and_rewards(tm
     try:
         sample = trainer.train_samples[0]
         think = tokenizer.convert_tokens_to_ids("<think>")
-        assert trainer.encode_prompt(sample) == tokenizer(sample.prompt + "=", add_special_tokens=False)["input_ids"] + [think]
+        assert trainer.prompts.ids(sample) == tokenizer(sample.prompt + "=", add_special_tokens=False)["input_ids"] + [think]
         body = tokenizer("1+2=3</think><answer>\\boxed{3}</answer>", add_special_tokens=False)["input_ids"]
         completion = Completion(prompt_index=0, token_ids=body + [tokenizer.eos_token_id], logprobs=[0.0] * 9, finished=True)
-        assert trainer.response_text(sample, completion) == "<think>1+2=3</think><answer>\\boxed{3}</answer>"
+        assert trainer.prompts.response_text(sample, completion) == "<think>1+2=3</think><answer>\\boxed{3}</answer>"
     finally:
         trainer.close()

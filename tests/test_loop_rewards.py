@@ -1,54 +1,44 @@
 """The controller's use of group transforms and dynamic weighting, on hand-computed numbers."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from data.schema import Sample
-from rewards.weighting import TaskWeighter
+from trainer.algorithms.weighting import TaskWeighter
 from trainer.loop import Trainer
-
-
-def fake_trainer(scope: str):
-    cfg = SimpleNamespace(reward=SimpleNamespace(weighting=SimpleNamespace(scope=scope)))
-    return SimpleNamespace(cfg=cfg, weighter=TaskWeighter("difficulty", {}, ema=0.5), sampler=None)
 
 
 def test_sample_scope_scales_each_group_by_its_accuracy():
     # Two prompts of task "math", 4 completions each: group 0 is 2/4 correct, group 1 is 1/4.
-    samples = [Sample(prompt="a", task="math"), Sample(prompt="b", task="math")]
     prompt_of = [0, 0, 0, 0, 1, 1, 1, 1]
     correct = [True, True, False, False, True, False, False, False]
     advantages = torch.tensor([1.0, 1.0, -1.0, -1.0, 1.5, -0.5, -0.5, -0.5])
-    weighted, metrics = Trainer._weight_advantages(fake_trainer("sample"), advantages, samples, prompt_of, correct)
+    weighter = TaskWeighter("difficulty", {}, ema=0.5)
+    weighted, metrics = weighter.weigh(advantages, ["math"] * 8, prompt_of, correct, "sample")
     # difficulty: 4 p (1 - p) -> group 0: 4 * 0.5 * 0.5 = 1.0; group 1: 4 * 0.25 * 0.75 = 0.75.
     assert weighted.tolist() == pytest.approx([1.0, 1.0, -1.0, -1.0, 1.125, -0.375, -0.375, -0.375])
     assert metrics["weighting/mean"] == pytest.approx((4 * 1.0 + 4 * 0.75) / 8)
 
 
 def test_task_scope_uses_running_task_accuracy():
-    trainer = fake_trainer("task")
-    samples = [Sample(prompt="a", task="easy"), Sample(prompt="b", task="mid")]
-    prompt_of = [0, 0, 1, 1]
+    weighter = TaskWeighter("difficulty", {}, ema=0.5)
+    tasks, prompt_of = ["easy", "easy", "mid", "mid"], [0, 0, 1, 1]
     # easy: 2/2 correct (p = 1 -> raw weight 0); mid: 1/2 (p = 0.5 -> raw weight 1).
-    weighted, metrics = Trainer._weight_advantages(
-        trainer, torch.tensor([0.0, 0.0, 1.0, -1.0]), samples, prompt_of, [True, True, True, False]
-    )
+    weighted, metrics = weighter.weigh(torch.tensor([0.0, 0.0, 1.0, -1.0]), tasks, prompt_of,
+                                       [True, True, True, False], "task")
     # Task weights are normalised to mean 1 over tasks: raw {0, 1} -> {0, 2}.
     assert metrics["weighting/task/easy"] == pytest.approx(0.0)
     assert metrics["weighting/task/mid"] == pytest.approx(2.0)
     assert weighted.tolist() == pytest.approx([0.0, 0.0, 2.0, -2.0])
     # A second step: easy's EMA accuracy 0.5 * 1 + 0.5 * 0.5 = 0.75 -> raw 0.75; mid stays 0.5 -> 1.
-    Trainer._weight_advantages(trainer, torch.zeros(4), samples, prompt_of, [True, False, True, False])
-    weights = trainer.weighter.task_weights()
+    weighter.weigh(torch.zeros(4), tasks, prompt_of, [True, False, True, False], "task")
+    weights = weighter.task_weights()
     assert weights["easy"] == pytest.approx(0.75 * 2 / 1.75)
     assert weights["mid"] == pytest.approx(1.0 * 2 / 1.75)
 
 
 @pytest.mark.slow
 def test_in_process_steps_with_reference_transforms_and_weighting(tmp_path):
-    from trainer.compose import compose_config
+    from trainer.recipe_config import compose_config
 
     cfg = compose_config([
         f"trainer.output_dir={tmp_path}", "engine.ray=false", "rollout.engine=hf", "sft.steps=0",
@@ -62,7 +52,7 @@ def test_in_process_steps_with_reference_transforms_and_weighting(tmp_path):
     trainer = Trainer(cfg)
     try:
         trainer.start_workers(trainer.base_model_path)
-        assert trainer.reference is not None, "kl_coef > 0 must create the reference worker"
+        assert trainer.workers.reference is not None, "kl_coef > 0 must create the reference worker"
         first, second = trainer.step(0), trainer.step(1)
     finally:
         trainer.close()

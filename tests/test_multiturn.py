@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
 
 pytestmark = pytest.mark.slow
@@ -21,19 +21,19 @@ def test_dialogues_interleave_policy_and_simulator_turns(tmp_path):
     trainer = Trainer(cfg)
     try:
         trainer.start_workers(trainer.base_model_path)
-        rollouts = trainer.rollout_round(trainer.sampler.next_batch(), seed=3)
+        rollouts = trainer.collector.round(trainer.sampler.next_batch(), seed=3)
         metrics = trainer.step(1)
-        requests = trainer.simulator.client.stats["requests"]
+        requests = trainer.collector.simulator.client.stats["requests"]
     finally:
         trainer.close()
-    assert len(rollouts.completions) == 4
-    for completion in rollouts.completions:
+    assert len(rollouts.items) == 4
+    for completion in [r.completion for r in rollouts.items]:
         mask = completion.loss_mask
         assert len(mask) == len(completion.token_ids) == len(completion.logprobs)
         # Two simulator replies, each wrapped in separators (the random tiny simulator may reply with
         # nothing, so count the separators): at least 4 context-only tokens, and they are the ones masked.
         assert mask.count(0) >= 4
-        separator = trainer.tokenizer.convert_tokens_to_ids(",")
+        separator = trainer.prompts.tokenizer.convert_tokens_to_ids(",")
         masked = [t for t, m in zip(completion.token_ids, mask) if m == 0]
         assert masked.count(separator) >= 4
         # The last turn is the policy's, and it always holds at least its end-of-text or one token.

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.config import ResourcesConfig, RoleResources
 from trainer.loop import Trainer
 from trainer.workers.placement import plan_placement
@@ -49,13 +49,13 @@ def test_colocate_seats_worker_i_of_every_role_in_bundle_i(tmp_path):
     ]))
     try:
         trainer.start_workers(trainer.base_model_path)
-        groups = {group_of(w) for role in ("actor", "rollout", "reference") for w in getattr(trainer, role).workers}
+        groups = {group_of(w) for role in ("actor", "rollout", "reference") for w in getattr(trainer.workers, role).workers}
         assert len(groups) == 1
         (group_id,) = groups
         free = free_in_bundles(group_id)
         assert sorted(free) == [0, 1] and all(v == pytest.approx(0.0, abs=1e-6) for v in free.values()), free
         for role in ("actor", "rollout", "reference"):
-            assert [slot.bundle for slot in trainer.placement[role]] == [0, 1], role
+            assert [slot.bundle for slot in trainer.workers.placement[role]] == [0, 1], role
         metrics = trainer.step(0)  # the roles still work together when seated this way
         assert metrics["batch/kept_completions"] == 4 and metrics["logp_mismatch"] < 1e-4
     finally:
@@ -69,8 +69,8 @@ def test_split_gives_each_role_its_own_group(tmp_path):
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "resources.rollout.count=2"]))
     try:
         trainer.start_workers(trainer.base_model_path)
-        actor_group = group_of(trainer.actor.workers[0])
-        rollout_groups = {group_of(w) for w in trainer.rollout.workers}
+        actor_group = group_of(trainer.workers.actor.workers[0])
+        rollout_groups = {group_of(w) for w in trainer.workers.rollout.workers}
         assert len(rollout_groups) == 1 and actor_group not in rollout_groups
         # Each rollout bundle (0.25 CPU) holds one engine: both are full.
         free = free_in_bundles(rollout_groups.pop())

@@ -4,7 +4,7 @@ its own chat template, Ray actors, vLLM rollout, weight sync, two GRPO steps."""
 import pytest
 
 from tests.test_e2e_ray_vllm import assert_same
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
 
 pytestmark = pytest.mark.slow
@@ -21,16 +21,16 @@ def test_two_grpo_steps_on_smollm2_through_ray_and_vllm(tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        prompt = trainer.encode_prompt(trainer.train_samples[0])
-        text = trainer.tokenizer.decode(prompt)
+        prompt = trainer.prompts.ids(trainer.train_samples[0])
+        text = trainer.prompts.tokenizer.decode(prompt)
         assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
-        assert trainer.chat.stop_ids == (trainer.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+        assert trainer.prompts.chat.stop_ids == (trainer.prompts.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
         trainer.start_workers(trainer.base_model_path)
-        initial = trainer.actor.call("weights")[0]
+        initial = trainer.workers.actor.call("weights")[0]
         metrics = [trainer.step(step) for step in range(2)]
-        after = trainer.actor.call("weights")[0]
+        after = trainer.workers.actor.call("weights")[0]
         assert sum(float((after[k] - initial[k]).abs().sum()) for k in initial) > 0, "the weights did not move"
-        assert_same(trainer.rollout.call("weights")[0], after, "after sync")
+        assert_same(trainer.workers.rollout.call("weights")[0], after, "after sync")
         for m in metrics:
             assert m["batch/kept_completions"] == 8
             # Step 2's rollout ran on the weights synced after step 1: vLLM and the actor still agree.

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.stages.runner import run_stages
 
 pytestmark = pytest.mark.slow

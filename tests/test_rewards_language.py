@@ -4,7 +4,8 @@ import pytest
 
 from data.schema import Sample
 from rewards import get_reward
-from rewards.language import language_consistency, normalize_language, strip_non_language
+from data.language_codes import normalize_language
+from rewards.language import language_consistency, strip_non_language
 
 # Thinking and answer sentences per language, each long enough to be judged.
 TEXT = {

@@ -3,7 +3,8 @@ import time
 import pytest
 
 from data.schema import Sample
-from rewards.math_answer import boxed_answer, explosive_reason, find_boxed
+from data.answers import find_boxed
+from rewards.math_answer import boxed_answer, explosive_reason
 
 
 def score(completion, gold, **params):
@@ -106,7 +107,7 @@ def test_find_boxed_nesting_and_escapes():
 
 
 def test_rational_fast_path_agrees_with_math_verify():
-    from rewards.math_answer import simple_rational
+    from data.answers import simple_rational
 
     assert simple_rational(r"-\frac{3}{4}") == simple_rational("-3/4") == simple_rational("-0.75")
     assert simple_rational(r"\frac{1}{0}") is None
@@ -117,7 +118,7 @@ def test_rational_fast_path_agrees_with_math_verify():
 
 
 def test_prose_answers_skip_the_latex_parser():
-    from rewards.math_answer import looks_like_text
+    from data.answers import looks_like_text
 
     assert looks_like_text("all real numbers") and looks_like_text("__import__('os')")
     assert not looks_like_text(r"\sin x + \cos x") and not looks_like_text(r"12\text{ meters}")

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from data.schema import Sample
-from rewards.numeric import numeric, parse_number
+from data.answers import parse_number
+from rewards.numeric import numeric
 
 
 def num(completion, gold, **params):

@@ -5,13 +5,13 @@ import socket
 
 import pytest
 
-from data.schema import Sample
+from data.schema import Sample, validate_rubrics
 from rewards import RewardComposer, RewardExecutor, get_reward
 from rewards.base import call_reward_batch
 from rewards.cross_lingual import (attach_english_references, build_english_references, cross_lingual_alignment,
                                    cross_lingual_batch, parse_alignment, score_alignment)
 from rewards.judge_server import serve_in_background
-from rewards.rubric import parse_verdict, rubric, rubric_batch, score_rubrics, validate_rubrics
+from rewards.rubric import parse_verdict, rubric, rubric_batch, score_rubrics
 
 RUBRICS = [
     {"criterion": "States the dose in mg", "points": 5},
@@ -115,8 +115,8 @@ def test_unanswered_judge_is_a_counted_failure():
 
 def test_registry_and_config_validation():
     spec = get_reward("rubric")
-    assert spec.batch_fn is rubric_batch and spec.params["api_key_env"] == "JUDGE_API_KEY"
-    assert get_reward("cross_lingual_alignment").batch_fn is cross_lingual_batch
+    assert spec.extras["batch"] is rubric_batch and spec.params["api_key_env"] == "JUDGE_API_KEY"
+    assert get_reward("cross_lingual_alignment").extras["batch"] is cross_lingual_batch
     with pytest.raises(ValueError, match="base_url"):
         RewardComposer({"default": [{"name": "rubric"}]}, num_workers=0)
     with pytest.raises(ValueError, match="max_concurrency"):

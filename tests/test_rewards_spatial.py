@@ -1,10 +1,11 @@
+import itertools
 import random
 
 import pytest
 
 from data.schema import Sample
 from rewards import get_reward
-from rewards.spatial import best_matching, brute_force_matching, gold_boxes, iou, parse_boxes, spatial_iou
+from rewards.spatial import best_matching, gold_boxes, iou, parse_boxes, spatial_iou
 
 
 def si(completion, gold, **params):
@@ -109,3 +110,13 @@ def test_too_many_boxes():
     assert si(answer, [0, 0, 10, 10]).score == pytest.approx(1 / 5)
     with pytest.raises(ValueError):
         get_reward("spatial_iou").check_params({"max_boxes": 0})
+
+
+def brute_force_matching(matrix: list[list[float]]) -> float:
+    """Best total by trying every assignment (for checking ``best_matching`` on small inputs)."""
+    n, m = len(matrix), len(matrix[0]) if matrix else 0
+    if n == 0 or m == 0:
+        return 0.0
+    if n <= m:
+        return max(sum(matrix[r][c] for r, c in enumerate(cols)) for cols in itertools.permutations(range(m), n))
+    return max(sum(matrix[r][c] for c, r in enumerate(rows)) for rows in itertools.permutations(range(n), m))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.config import validate
-from trainer.engines.vllm_engine import cpu_binding
+from trainer.rollout.vllm_engine import cpu_binding
 from trainer.loop import Trainer
 
 
@@ -48,9 +48,9 @@ def test_sharded_vllm_engine_follows_the_actor(tmp_path):
     trainer = Trainer(cfg)
     try:
         trainer.start_workers(trainer.base_model_path)
-        initial = trainer.actor.call("weights")[0]
+        initial = trainer.workers.actor.call("weights")[0]
         metrics = [trainer.step(step) for step in range(3)]
-        after = trainer.actor.call("weights")[0]
+        after = trainer.workers.actor.call("weights")[0]
         assert sum(float((after[k] - initial[k]).abs().max()) for k in initial) > 1e-2, "the weights did not move"
         # Step 0 samples from the initial weights, steps 1 and 2 from weights synced into both shards.
         for m in metrics:

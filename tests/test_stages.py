@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.stages.runner import StageConfigError, run_stages
 
 pytestmark = pytest.mark.slow
@@ -67,5 +67,27 @@ def test_bad_stage_config_names_the_stage(tmp_path):
     with pytest.raises(StageConfigError, match=r"stages\.rl\.config: .*lrr"):
         run_stages(cfg)
     cfg = compose_config([f"trainer.output_dir={tmp_path}", *COMMON, "stages={rl: {type: ppo}}"])
-    with pytest.raises(StageConfigError, match="stages.rl.type must be one of sft, grpo, dpo, filter"):
+    with pytest.raises(StageConfigError, match="stages.rl.type must be one of .*dpo, filter, grpo, sft"):
         run_stages(cfg)
+
+
+# --- docs/architecture.md: a new stage type is one function plus one name -----------------------
+from trainer.stages import STAGES as STAGE_TYPES, StageOutput  # noqa: E402
+
+
+@STAGE_TYPES.register("count_tasks")
+def count_tasks(trainer, stage_dir, used_ids) -> StageOutput:
+    """Counts the training prompts per task; the model passes through unchanged."""
+    tasks = {}
+    for sample in trainer.train_samples:
+        tasks[sample.task] = tasks.get(sample.task, 0) + 1
+    return StageOutput(trainer.base_model_path, None, {"tasks": tasks})
+
+
+def test_a_registered_stage_type_runs_in_a_recipe(tmp_path):
+    cfg = compose_config([f"trainer.output_dir={tmp_path}", *COMMON, "data.train=synthetic:math_and_choice",
+                          "data.num_train=30", "stages={census: {type: count_tasks}}"])
+    [result] = run_stages(cfg)
+    # synthetic:math_and_choice splits its training prompts half and half between the two tasks.
+    assert result["type"] == "count_tasks" and result["summary"]["tasks"] == {"math": 15, "multiple_choice": 15}
+    assert result["model"].endswith("tiny_model")

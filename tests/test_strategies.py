@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import pytest
 import torch
 
 from trainer.batch import TrainBatch
 from trainer.config import ActorConfig, AlgorithmConfig, RoleResources
-from trainer.engines.strategy import make_strategy
+from trainer.strategies.factory import make_strategy
+from trainer.stages.sft import run_sft
 from trainer.workers.actor import ActorWorker
 from trainer.workers.group import WorkerGroup, init_ray
 
@@ -32,10 +32,10 @@ def batch_for(actor_log_probs, seed: int) -> TrainBatch:
 
 
 def configs(strategy: str, **extra):
-    actor = asdict(ActorConfig(strategy=strategy, lr=5e-3, mini_batch_size=5, micro_batch_size=2, threads=1,
-                               grad_clip=1.0, **extra))
+    actor = ActorConfig(strategy=strategy, lr=5e-3, mini_batch_size=5, micro_batch_size=2, threads=1,
+                               grad_clip=1.0, **extra)
     # k3 KL with a coefficient, so the reference term is part of what must match.
-    algorithm = asdict(AlgorithmConfig(loss_agg="token_mean", kl_coef=0.1, kl_estimator="k3", eps_high=0.28))
+    algorithm = AlgorithmConfig(loss_agg="token_mean", kl_coef=0.1, kl_estimator="k3", eps_high=0.28)
     return dict(actor=actor, algorithm=algorithm, dtype="float32", seed=0, max_len=8)
 
 
@@ -177,7 +177,7 @@ def test_cold_start_sft_through_zero3_matches_plain(tiny_model_dir):
 @pytest.mark.slow
 def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
     """SFT through a sharded strategy trains with sft.lr; the RL stage must not inherit that optimiser."""
-    from trainer.compose import compose_config
+    from trainer.recipe_config import compose_config
     from trainer.loop import Trainer
 
     trainer = Trainer(compose_config([
@@ -189,10 +189,10 @@ def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
         "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
     ]))
     try:
-        policy = trainer.cold_start_sft()
+        policy = run_sft(trainer)
         trainer.start_workers(policy)
         metrics = trainer.step(0)
-        optimiser = trainer.actor.call("checkpoint_state")[0]["strategy"]["optimizer"]
+        optimiser = trainer.workers.actor.call("checkpoint_state")[0]["strategy"]["optimizer"]
     finally:
         trainer.close()
     assert metrics["actor/lr"] == pytest.approx(1e-4) and metrics["actor/optimizer_steps"] == 1

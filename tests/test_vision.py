@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
+from trainer.stages.sft import run_sft
 from trainer.vision import Media, vision_inputs
 
 REWARDS = "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.01}]}"
@@ -63,14 +64,14 @@ def test_prompt_ids_carry_one_pad_per_merged_patch(tmp_path):
     trainer = Trainer(vl_config(tmp_path))
     try:
         sample = trainer.train_samples[0]
-        ids = trainer.encode_prompt(sample)
-        pad = trainer.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-        media = trainer._media(sample)
+        ids = trainer.prompts.ids(sample)
+        pad = trainer.prompts.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        media = trainer.prompts.media(sample)
         # 112 x 112 pixels = 8 x 8 patches of 14; 2 x 2 merged -> 16 image tokens.
         assert media.image_grid_thw.tolist() == [[1, 8, 8]] and ids.count(pad) == media.image_tokens == 16
-        assert trainer.tokenizer.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert trainer.prompts.tokenizer.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n")
         smaller = Trainer(vl_config(tmp_path / "small", "model.image_max_pixels=3136", "model.image_min_pixels=3136"))
-        assert smaller._media(smaller.train_samples[0]).image_tokens == 4  # 56 x 56: 4 x 4 patches -> 4 tokens
+        assert smaller.prompts.media(smaller.train_samples[0]).image_tokens == 4  # 56 x 56: 4 x 4 patches -> 4 tokens
     finally:
         trainer.close()
 
@@ -80,9 +81,9 @@ def test_freeze_vision_keeps_the_tower_bit_identical(tmp_path, freeze):
     trainer = Trainer(vl_config(tmp_path, f"actor.freeze_vision={str(freeze).lower()}"))
     try:
         trainer.start_workers(trainer.base_model_path)
-        before = trainer.actor.call("weights")[0]
+        before = trainer.workers.actor.call("weights")[0]
         metrics = trainer.step(0)
-        after = trainer.actor.call("weights")[0]
+        after = trainer.workers.actor.call("weights")[0]
     finally:
         trainer.close()
     assert metrics["actor/grad_norm"] > 0
@@ -105,8 +106,8 @@ def test_vllm_with_images_needs_a_rollout_process_of_its_own(tmp_path):
 def _vllm_image_rollouts(model_path, prompts, media, new_weights, short_prompt):
     """In a process of its own (vLLM's Transformers backend patches transformers' classes): sample with
     the folder's weights, load `new_weights`, sample again, then try a prompt one image token short."""
-    from trainer.engines.sampling import SamplingSpec
-    from trainer.engines.vllm_engine import VLLMEngine
+    from trainer.rollout.sampling import SamplingSpec
+    from trainer.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(model_path, max_model_len=128, max_images_per_prompt=1)
     spec = SamplingSpec(n=2, temperature=1.0, max_new_tokens=6, seed=0)
@@ -130,9 +131,9 @@ def test_vllm_engine_reads_the_images_and_the_synced_weights(tmp_path):
     trainer = Trainer(vl_config(tmp_path))
     try:
         samples = trainer.train_samples[:3]
-        prompts = [trainer.encode_prompt(s) for s in samples]
-        media = [trainer._media(s) for s in samples]
-        pad = trainer.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        prompts = [trainer.prompts.ids(s) for s in samples]
+        media = [trainer.prompts.media(s) for s in samples]
+        pad = trainer.prompts.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     finally:
         trainer.close()
     model = Qwen2VLForConditionalGeneration.from_pretrained(trainer.base_model_path).eval()
@@ -177,7 +178,7 @@ def test_grpo_on_image_prompts_through_ray(tmp_path, engine):
         f"rollout.engine={engine}", *pixels,
     ))
     try:
-        policy = trainer.cold_start_sft()
+        policy = run_sft(trainer)
         trainer.start_workers(policy)
         metrics = [trainer.step(step) for step in range(2)]
         evaluation = trainer.evaluate()
@@ -195,3 +196,55 @@ def test_grpo_on_image_prompts_through_ray(tmp_path, engine):
         assert m["actor/grad_norm"] > 0
     assert metrics[1]["actor/kl"] > 0  # the reference (with images) differs from the updated actor
     assert evaluation["eval/total"] == 5 and "eval/reward/count" in evaluation
+
+
+def test_dpo_pairs_on_image_prompts_come_from_generations_that_saw_the_pixels(tmp_path):
+    from dataclasses import replace
+
+    from trainer.stages.dpo import build_pairs
+
+    trainer = Trainer(vl_config(tmp_path, "dpo.num_queries=4", "dpo.samples_per_query=4"))
+    try:
+        trainer.start_workers(trainer.base_model_path)
+        chosen, rejected = build_pairs(trainer)
+        actor = trainer.workers.actor
+        seen = [actor.call("log_probs", rows, 1.0)[0] for rows in (chosen, rejected)]
+        blind = [actor.call("log_probs", replace(rows, media=None), 1.0)[0] for rows in (chosen, rejected)]
+    finally:
+        trainer.close()
+    pad = trainer.prompts.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for rows, with_images, without in zip((chosen, rejected), seen, blind):
+        assert len(rows) >= 1 and rows.media is not None and len(rows.media) == len(rows)
+        assert all((row == pad).sum() == m.image_tokens == 16 for row, m in zip(rows.input_ids, rows.media))
+        mask = rows.response_mask
+        # The pairs' log-probs under the actor with the pixels are the ones the rollout sampled from ...
+        assert float(((with_images - rows.rollout_logprobs).abs() * mask).max()) < 1e-4
+        # ... and the pixels matter: without them the same tokens get other log-probs.
+        assert float(((without - rows.rollout_logprobs).abs() * mask).sum() / mask.sum()) > 1e-3
+
+
+def test_multiturn_dialogues_on_image_prompts_see_the_pixels_every_turn(tmp_path, tiny_model_dir):
+    from dataclasses import replace
+
+    from trainer.batch import TrainBatch
+
+    trainer = Trainer(vl_config(tmp_path, "rollout.multiturn.turns=2", "rollout.multiturn.simulator_max_tokens=4",
+                                f"rollout.multiturn.simulator_local_model={tiny_model_dir}"))
+    try:
+        trainer.start_workers(trainer.base_model_path)
+        rollouts = trainer.collector.round(trainer.sampler.next_batch(), seed=3)
+        items = rollouts.items
+        media = trainer.prompts.media_of(rollouts.samples)
+        batch = TrainBatch.from_sequences([r.prompt_ids for r in items], [r.completion.token_ids for r in items],
+                                          trainer.pad_id, [r.completion.loss_mask for r in items],
+                                          media=[media[r.group] for r in items])
+        rollout_logp = TrainBatch.per_token([r.completion.logprobs for r in items], batch.response_mask.shape[1])
+        seen = trainer.workers.actor.call("log_probs", batch, 1.0)[0]
+        blind = trainer.workers.actor.call("log_probs", replace(batch, media=None), 1.0)[0]
+    finally:
+        trainer.close()
+    mask = batch.response_mask  # the policy's own tokens, in both turns
+    second_turn = [row for row, r in enumerate(items) if 0 in r.completion.loss_mask]
+    assert len(items) == 8 and len(second_turn) == 8, "each dialogue has a simulator reply between two policy turns"
+    assert float(((seen - rollout_logp).abs() * mask).max()) < 1e-4
+    assert float(((blind - rollout_logp).abs() * mask).sum() / mask.sum()) > 1e-3

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.test_e2e_ray_vllm import assert_same
-from trainer.compose import compose_config
+from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ BASE = [
 def run_steps(tmp_path, *extra) -> tuple[Trainer, dict, list[dict]]:
     trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, *extra]))
     trainer.start_workers(trainer.base_model_path)
-    initial = trainer.actor.call("weights")[0]
+    initial = trainer.workers.actor.call("weights")[0]
     metrics = [trainer.step(step) for step in range(2)]
     return trainer, initial, metrics
 
@@ -34,10 +34,10 @@ def test_broadcast_from_two_fsdp2_ranks_to_two_hf_engines(tmp_path):
         tmp_path, "rollout.engine=hf", "resources.rollout.count=2", "actor.strategy=fsdp2", "resources.actor.count=2",
     )
     try:
-        assert trainer.weight_layout is not None and len(trainer.weight_layout) == len(initial)
-        actor = trainer.actor.call("weights")[0]
+        assert trainer.workers.weight_layout is not None and len(trainer.workers.weight_layout) == len(initial)
+        actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial), "the actor's weights did not move"
-        for engine in trainer.rollout.call("weights"):
+        for engine in trainer.workers.rollout.call("weights"):
             for name, tensor in actor.items():
                 assert torch.equal(engine[name], tensor), f"engine {name} differs from the actor after sync"
         assert all(m["time/sync"] > 0 for m in metrics)
@@ -50,9 +50,9 @@ def test_broadcast_from_two_fsdp2_ranks_to_two_hf_engines(tmp_path):
 def test_broadcast_into_vllm(tmp_path):
     trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm")
     try:
-        actor = trainer.actor.call("weights")[0]
+        actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial)
-        assert_same(trainer.rollout.call("weights")[0], actor, "after a collective sync")
+        assert_same(trainer.workers.rollout.call("weights")[0], actor, "after a collective sync")
         assert metrics[1]["logp_mismatch"] < 1e-3
     finally:
         trainer.close()

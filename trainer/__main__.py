@@ -16,7 +16,7 @@ USAGE = __doc__
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from trainer.compose import ConfigError, available_groups, available_recipes, compose_config
+    from trainer.recipe_config import ConfigError, available_groups, available_recipes, compose_config
 
     if "-h" in argv or "--help" in argv:
         print(USAGE)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data.schema import Sample
-from trainer.config import Config, validate
+from trainer.config import Config, plugin_problems, validate
 
 FEW_ROWS = 5  # rows read from a file or dataset source (synthetic generators make the whole split)
 PROMPT_CHARS = 2000  # a longer rendered prompt is cut in the printout; its token count is of the whole
@@ -86,10 +86,11 @@ def _check(cfg: Config, report: Report, scratch: Path) -> None:
         _check_stages(cfg, files, data, report)  # each stage's config is validated as it is composed
         return
     try:
-        validate(cfg)
+        validate(cfg, plugins=False)
     except ValueError as error:
         report.problem(f"config: {error}")
-    _check_algorithm(cfg, report, "")
+    for problem in plugin_problems(cfg):  # one line each, rather than validate's first error
+        report.problem(problem)
     samples = data.read(cfg)
     if samples is not None:
         report.info(f"data: {data.describe(cfg)}")
@@ -97,11 +98,11 @@ def _check(cfg: Config, report: Report, scratch: Path) -> None:
             _check_sft(samples, report, "")
     # Cold-start SFT on the same data runs before RL: its targets teach the answer layout.
     sft_targets = [s.metadata["sft_target"] for s in samples or [] if cfg.sft.steps > 0 and "sft_target" in s.metadata]
-    _check_rl(cfg, "grpo", samples or [], files, sft_targets, report, "", set())
+    _check_rl(cfg, samples or [], files, sft_targets, report, "", set())
 
 
 def _check_stages(cfg: Config, files: ModelFiles, data: "DataReader", report: Report) -> None:
-    from trainer.stages.runner import STAGE_TYPES, StageConfigError, stage_config
+    from trainer.stages.runner import STAGES, StageConfigError, stage_config
 
     run_dir = Path(cfg.trainer.output_dir)
     sft_targets: list[str] = []  # what the cold-start stages before an RL stage teach
@@ -110,8 +111,8 @@ def _check_stages(cfg: Config, files: ModelFiles, data: "DataReader", report: Re
     printed_prompts: set[str] = set()
     for index, (name, spec) in enumerate(cfg.stages.items()):
         label = f"stage {index + 1}/{len(cfg.stages)} {name}"
-        if not isinstance(spec, dict) or spec.get("type") not in STAGE_TYPES:
-            report.problem(f"stages.{name}.type must be one of {', '.join(STAGE_TYPES)}")
+        if not isinstance(spec, dict) or spec.get("type") not in STAGES:
+            report.problem(f"stages.{name}.type must be one of {', '.join(STAGES.names())}")
             continue
         kind = spec["type"]
         stage_dir = run_dir / "stages" / f"{index:02d}-{name}"
@@ -126,7 +127,6 @@ def _check_stages(cfg: Config, files: ModelFiles, data: "DataReader", report: Re
             continue
         report.info(f"{label} ({kind})")
         where = f"stage {name}: "
-        _check_algorithm(stage, report, where)
         source = stage if kind == "filter" or filtered_by is None else filtered_by[1]
         samples = data.read(source, where, reader=f"stage {name}")
         if source is not stage:
@@ -148,7 +148,7 @@ def _check_stages(cfg: Config, files: ModelFiles, data: "DataReader", report: Re
             report.info(f"  prompt and rewards as in stage {checked[signature]}")
             continue
         checked[signature] = name
-        _check_rl(stage, kind, samples or [], files, sft_targets, report, where, printed_prompts)
+        _check_rl(stage, samples or [], files, sft_targets, report, where, printed_prompts)
 
 
 # ----- model -------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ class DataReader:
         return self.cache[key][1]
 
     def _read(self, cfg: Config, where: str) -> tuple[list[Sample] | None, str]:
-        from trainer.data_setup import load_prompt_sets, load_source
+        from trainer.prompt_sets import load_prompt_sets, load_source
 
         data = cfg.data
         errors = (ValueError, OSError, RuntimeError, KeyError)  # missing files, malformed rows, unknown generators
@@ -373,27 +373,6 @@ class DataReader:
 
 # ----- checks ------------------------------------------------------------------------------------
 
-def _check_algorithm(cfg: Config, report: Report, where: str) -> None:
-    """Names the run looks up only once it is under way."""
-    from rewards.base import get_reward
-    from rewards.weighting import TaskWeighter
-    from trainer.algorithms import get_advantage, get_policy_loss
-
-    for what, name, lookup in (("algorithm.advantage", cfg.algorithm.advantage, get_advantage),
-                               ("algorithm.policy_loss", cfg.algorithm.policy_loss, get_policy_loss),
-                               ("reward.accuracy_reward", cfg.reward.accuracy_reward, get_reward)):
-        try:
-            lookup(name)
-        except KeyError as error:
-            report.problem(f"{where}{what}: {error.args[0]}")
-    if cfg.reward.weighting.rule:
-        weighting = cfg.reward.weighting
-        try:
-            TaskWeighter(weighting.rule, dict(weighting.params), ema=weighting.ema)
-        except (KeyError, ValueError) as error:
-            report.problem(f"{where}reward.weighting: {error.args[0]}")
-
-
 def _check_sft(samples: list[Sample], report: Report, where: str) -> None:
     if not any("sft_target" in s.metadata for s in samples):
         report.problem(f"{where}sft.steps > 0 but no training sample read has metadata.sft_target")
@@ -403,33 +382,20 @@ def _chat_settings(cfg: Config) -> list:
     return [cfg.data.chat_template, cfg.data.system_prompt, cfg.data.apply_chat_template_kwargs]
 
 
-def _check_rl(cfg: Config, kind: str, samples: list[Sample], files: ModelFiles, sft_targets: list[str],
+def _check_rl(cfg: Config, samples: list[Sample], files: ModelFiles, sft_targets: list[str],
               report: Report, where: str, printed_prompts: set[str]) -> None:
-    """Rewards, the first prompt, the answer layout it asks for and a gold response per task."""
-    from rewards.base import get_reward
-    from rewards.compose import RewardComposer
+    """The first prompt, the answer layout it asks for and a gold response per task whose rewards are valid
+    (`plugin_problems` reports the others)."""
+    from rewards.compose import parse_terms
 
     tasks = {str(task): terms for task, terms in cfg.reward.tasks.items()}
     valid: dict[str, list] = {}
     for task, terms in tasks.items():
         try:
-            RewardComposer({task: terms}, num_workers=0).close()
-        except ValueError as error:
-            report.problem(f"{where}reward.tasks: {error}")
-        else:
-            valid[task] = terms
-    if cfg.reward.group_transforms:
-        try:
-            # A stand-in task when none is valid, so a bad transform is still named.
-            RewardComposer(valid or {"_": [{"name": "format"}]}, num_workers=0,
-                           group_transforms=cfg.reward.group_transforms).close()
-        except ValueError as error:
-            report.problem(f"{where}reward.group_transforms: {error}")
-    if kind == "filter" and cfg.filter.consistency_reward:
-        try:
-            get_reward(cfg.filter.consistency_reward)
-        except KeyError as error:
-            report.problem(f"{where}filter.consistency_reward: {error.args[0]}")
+            parse_terms(task, terms)
+        except ValueError:
+            continue
+        valid[task] = terms
     chat = None
     if files.tokenizer is not None:
         from trainer.chat import ChatFormat

@@ -210,3 +210,22 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             )
         for i, s in enumerate(cuda_states[:n]):
             torch.cuda.set_rng_state(torch.as_tensor(s).cpu(), i)
+
+
+def resume_checkpoint(root: Path, mode: str) -> Path | None:
+    """The checkpoint `trainer.resume` asks to continue from: `auto` the latest under `root` (None when
+    there is none), `never` none (an error when `root` has one), else the path given."""
+    found = latest_checkpoint(root)
+    if mode == "never":
+        if found is not None:
+            raise FileExistsError(
+                f"{root.parent} already holds checkpoint {found.name}; use trainer.resume=auto to continue it "
+                "or trainer.output_dir=<new folder> for a fresh run"
+            )
+        return None
+    if mode == "auto":
+        return found
+    path = Path(mode)
+    if not (path / META_FILE).exists():
+        raise FileNotFoundError(f"trainer.resume={mode!r}: no complete checkpoint there (meta.json missing)")
+    return path

@@ -174,6 +174,10 @@ class AlgorithmConfig:
     advantage_params: Any = field(default_factory=dict)
     "Extra arguments for the estimator, e.g. {norm_by_std: false}."
     policy_loss: str = "ppo_clip"
+    "Policy loss by name (see trainer/algorithms/policy_loss.py)."
+    policy_loss_params: Any = field(default_factory=dict)
+    """The loss's own keyword arguments, e.g. {dual_clip: 3.0} for ppo_clip; checked against its signature.
+    The clip range is not among them: it is eps_low / eps_high below, given to the losses that take it."""
     eps_low: float = 0.2
     "PPO clip below 1: ratio >= 1 - eps_low."
     eps_high: float = 0.2
@@ -258,7 +262,7 @@ class SFTConfig:
 
 @dataclass
 class WeightingConfig:
-    """Dynamic multi-task weighting from running per-task statistics (rewards/weighting.py)."""
+    """Dynamic multi-task weighting from running per-task statistics (trainer/algorithms/weighting.py)."""
 
     rule: Optional[str] = None
     "None disables; `difficulty` (M2-Reasoning: peaked at group accuracy 0.5), `difficulty_gaussian`, `uniform`."
@@ -412,8 +416,83 @@ class Config:
     "Ordered mapping name -> {type: sft|grpo|dpo|filter, config: {...partial config...}}; empty = one run."
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express; errors name the keys."""
+def validate(cfg: Config, *, plugins: bool = True) -> None:
+    """Cross-field checks that types alone cannot express, then (unless ``plugins=False``, for callers that
+    report `plugin_problems` themselves) every plug-in name and its parameters; errors name the keys."""
+    _validate_fields(cfg)
+    problems = plugin_problems(cfg) if plugins else []
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def plugin_problems(cfg: Config) -> list[str]:
+    """Each plug-in the config names, looked up in its registry and its parameters checked against the
+    function's signature: one line per problem, naming the config key. Runs before any worker starts."""
+    # Imported here: the registries bring torch and the rewards, and this module must stay cheap to import.
+    from data.preprocess import PREPROCESSORS
+    from data.sampler import SAMPLERS
+    from trainer.rollout import ENGINES
+    from trainer.strategies.factory import STRATEGIES
+    from rewards.base import REWARDS
+    from trainer.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, WEIGHTING_RULES
+    from trainer.algorithms.policy_loss import CLIP_PARAMS
+
+    algo, reward = cfg.algorithm, cfg.reward
+    named = [  # (key of the name, registry, name, key of the parameters, parameters)
+        ("algorithm.advantage", ADVANTAGES, algo.advantage, "algorithm.advantage_params", algo.advantage_params),
+        ("algorithm.policy_loss", POLICY_LOSSES, algo.policy_loss, "algorithm.policy_loss_params",
+         algo.policy_loss_params),
+        ("algorithm.kl_estimator", KL_ESTIMATORS, algo.kl_estimator, None, None),
+        ("algorithm.loss_agg", AGGREGATIONS, algo.loss_agg, None, None),
+        ("reward.weighting.rule", WEIGHTING_RULES, reward.weighting.rule or None, "reward.weighting.params",
+         reward.weighting.params),
+        ("reward.accuracy_reward", REWARDS, reward.accuracy_reward, None, None),
+        ("filter.consistency_reward", REWARDS, cfg.filter.consistency_reward or None, None, None),
+        ("data.preprocess", PREPROCESSORS, cfg.data.preprocess or None, None, None),
+        ("data.sampler", SAMPLERS, cfg.data.sampler, None, None),
+        ("rollout.engine", ENGINES, cfg.rollout.engine, None, None),
+        ("actor.strategy", STRATEGIES, cfg.actor.strategy, None, None),
+    ]
+    problems = []
+    for key, registry, name, params_key, params in named:
+        if name is None:
+            continue  # an optional plug-in left out (None or empty)
+        if not isinstance(name, str):
+            problems.append(f"{key}: expected a name, got {type(name).__name__}")
+            continue
+        try:
+            plugin = registry.get(name)
+            if params_key is not None:
+                plugin.check_params(params)
+        except KeyError as error:
+            problems.append(f"{key}: {error.args[0]}")
+        except ValueError as error:
+            problems.append(f"{params_key}: {error}")
+    given = algo.policy_loss_params if isinstance(algo.policy_loss_params, dict) else {}
+    for clip in sorted(set(CLIP_PARAMS) & set(given)):
+        problems.append(f"algorithm.policy_loss_params: {clip} is set by algorithm.{clip}, not here")
+    return problems + _reward_mix_problems(reward)
+
+
+def _reward_mix_problems(reward: RewardConfig) -> list[str]:
+    """Each task's reward terms and group transforms, parsed as RewardComposer parses them."""
+    from rewards.compose import parse_terms, parse_transforms
+
+    problems = []
+    for key, mix, parse in (("reward.tasks", reward.tasks, parse_terms),
+                            ("reward.group_transforms", reward.group_transforms or {}, parse_transforms)):
+        if not isinstance(mix, dict):
+            problems.append(f"{key}: expected a mapping of task name -> list, got {type(mix).__name__}")
+            continue
+        for task, entries in mix.items():
+            try:
+                parse(str(task), entries)
+            except ValueError as error:
+                problems.append(f"{key}: {error}")
+    return problems
+
+
+def _validate_fields(cfg: Config) -> None:
     modes = max(1, len(cfg.rollout.modes))
     rollout_batch = cfg.data.prompts_per_step * cfg.rollout.n * modes
     if cfg.actor.mini_batch_size <= 0 or rollout_batch % cfg.actor.mini_batch_size:
@@ -441,8 +520,6 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"sft.loss_agg={cfg.sft.loss_agg!r}: expected token_mean or seq_mean_token_mean")
     if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:
         raise ValueError(f"sft.stage_steps={cfg.sft.stage_steps} must be >= 1 when sft.curriculum_key is set")
-    if cfg.rollout.engine not in ("vllm", "hf"):
-        raise ValueError(f"rollout.engine={cfg.rollout.engine!r}: expected 'vllm' or 'hf'")
     if cfg.algorithm.eps_low < 0 or cfg.algorithm.eps_high < 0:
         raise ValueError("algorithm.eps_low and algorithm.eps_high must be >= 0")
     if cfg.trainer.resume not in ("auto", "never") and not cfg.trainer.resume:
@@ -451,13 +528,13 @@ def validate(cfg: Config) -> None:
         raise ValueError("reward.tasks is empty: map at least `default` to a list of rewards, e.g. [{name: boxed_answer}]")
     if cfg.reward.weighting.scope not in ("sample", "task"):
         raise ValueError(f"reward.weighting.scope={cfg.reward.weighting.scope!r}: expected 'sample' or 'task'")
+    if cfg.reward.weighting.rule and not 0.0 <= cfg.reward.weighting.ema < 1.0:
+        raise ValueError(f"reward.weighting.ema={cfg.reward.weighting.ema}: expected a value in [0, 1)")
     if cfg.resources.actor.count != 1 and cfg.actor.strategy == "torch":
         raise ValueError(
             f"resources.actor.count={cfg.resources.actor.count}: the torch strategy trains on one worker; "
             "data parallel needs actor.strategy=fsdp2 or deepspeed"
         )
-    if cfg.actor.strategy not in ("torch", "fsdp2", "deepspeed"):
-        raise ValueError(f"actor.strategy={cfg.actor.strategy!r}: expected torch, fsdp2 or deepspeed")
     if cfg.rollout.weight_sync not in ("object_store", "collective"):
         raise ValueError(f"rollout.weight_sync={cfg.rollout.weight_sync!r}: expected object_store or collective")
     if cfg.rollout.weight_sync == "collective" and not cfg.engine.ray:

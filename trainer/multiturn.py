@@ -9,13 +9,16 @@ simulator's tokens are context only (loss mask 0), and rewards score the full di
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from data.schema import Sample
 from rewards.judge import JudgeClient
+from trainer.cluster import WorkerCluster
 from trainer.config import MultiTurnConfig
-from trainer.engines.sampling import Completion, SamplingSpec
-from trainer.rollouts import Rollouts
+from trainer.prompts import PromptRenderer
+from trainer.rollout.sampling import Completion, SamplingSpec
+from trainer.rollouts import Rollout, Rollouts
 
 
 class PatientSimulator:
@@ -69,43 +72,41 @@ class _Trajectory:
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(tokens)
 
 
-def multiturn_rollouts(trainer, samples: list[Sample], spec: SamplingSpec) -> Rollouts:
-    """n dialogues per prompt of `rollout.multiturn.turns` policy turns; returns unscored Rollouts."""
-    import time
-
-    cfg, tokenizer, simulator = trainer.cfg.rollout.multiturn, trainer.tokenizer, trainer.simulator
-    stop = trainer.chat.stop_ids
+def dialogues(prompts: PromptRenderer, workers: WorkerCluster, simulator: PatientSimulator,
+              samples: list[Sample], spec: SamplingSpec) -> Rollouts:
+    """n dialogues per prompt of `rollout.multiturn.turns` policy turns; returns unscored Rollouts. Every
+    turn is generated with the prompt's images (the dialogue extends the same prompt)."""
+    cfg, chat = simulator.cfg, prompts.chat
     clock = time.time()
-    prompts = [trainer.encode_prompt(s) for s in samples]
-    separator = tokenizer(cfg.turn_separator, add_special_tokens=False)["input_ids"] if cfg.turn_separator else []
+    prompt_ids = [prompts.ids(s) for s in samples]
+    media = prompts.media_of(samples)
+    separator = prompts.text_ids(cfg.turn_separator)
     trajectories: list[_Trajectory] = []
     for turn in range(cfg.turns):
         if turn == 0:
-            completions = trainer.generate_ids(prompts, spec)
-            trajectories = [_Trajectory(group=c.prompt_index, context=list(prompts[c.prompt_index])) for c in completions]
+            completions = workers.generate(prompt_ids, spec, media=media)
+            trajectories = [_Trajectory(group=c.prompt_index, context=list(prompt_ids[c.prompt_index]))
+                            for c in completions]
         else:
             replies = simulator.reply([samples[t.group] for t in trajectories], [t.turns for t in trajectories])
             for t, reply in zip(trajectories, replies):
-                reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"][: cfg.simulator_max_tokens]
-                t.add(separator + reply_ids + separator, policy=False)
+                t.add(separator + prompts.text_ids(reply)[: cfg.simulator_max_tokens] + separator, policy=False)
                 t.turns.append(reply)
             single = SamplingSpec(**{**spec.__dict__, "n": 1, "seed": spec.seed + 104_729 * turn})
-            completions = trainer.generate_ids([t.context for t in trajectories], single)
+            completions = workers.generate([t.context for t in trajectories], single,
+                                           media=None if media is None else [media[t.group] for t in trajectories])
         for t, c in zip(trajectories, completions):
             tokens, logprobs = list(c.token_ids), list(c.logprobs)
-            if turn < cfg.turns - 1 and tokens and tokens[-1] in stop:
+            if turn < cfg.turns - 1 and tokens and tokens[-1] in chat.stop_ids:
                 tokens, logprobs = tokens[:-1], logprobs[:-1]  # the dialogue goes on: no end-of-text yet
             t.add(tokens, policy=True, logprobs=logprobs)
-            t.turns.append(trainer.chat.decode(c.token_ids))
+            t.turns.append(chat.decode(c.token_ids))
             t.finished = c.finished
     out = Rollouts(samples=samples)
     for t in trajectories:
-        out.completions.append(
-            Completion(prompt_index=t.group, token_ids=t.tokens, logprobs=t.logprobs, finished=t.finished, loss_mask=t.mask)
-        )
-        out.prompt_ids.append(prompts[t.group])
-        out.texts.append(trainer.chat.prefix_for(samples[t.group]) + trainer.chat.decode(t.tokens))
-        out.group.append(t.group)
-        out.modes.append("")
+        completion = Completion(prompt_index=t.group, token_ids=t.tokens, logprobs=t.logprobs, finished=t.finished,
+                                loss_mask=t.mask)
+        text = chat.prefix_for(samples[t.group]) + chat.decode(t.tokens)
+        out.items.append(Rollout(group=t.group, prompt_ids=prompt_ids[t.group], completion=completion, text=text))
     out.seconds["generate"] = time.time() - clock
     return out

@@ -1,97 +1,92 @@
-"""One step's scored rollouts, grouped by prompt: what the controller turns into a training batch."""
+"""One step's rollouts: a record per completion, grouped by prompt, from generation to score. The
+controller turns them into a training batch; a new per-completion field is added to `Rollout` only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from data.schema import Sample
 from rewards.compose import RewardBatch
-from trainer.engines.sampling import Completion
+from trainer.rollout.sampling import Completion
+
+
+@dataclass
+class Rollout:
+    group: int
+    "Index of the prompt in `Rollouts.samples`."
+    prompt_ids: list[int]
+    "The prompt tokens the completion followed, including any forced thinking-mode prefix."
+    completion: Completion
+    text: str
+    "What rewards read: the part the prompt opened (template, mode prefix) and the response."
+    mode: str = ""
+    "The BPO thinking mode ('' without modes)."
+    score: float = 0.0
+    correct: bool = False
+    terms: dict[str, float | None] = field(default_factory=dict)
+    "Each reward's raw score (None where the prompt's task has no such term)."
 
 
 @dataclass
 class Rollouts:
     samples: list[Sample]
     "One per group (prompt)."
-    completions: list[Completion] = field(default_factory=list)
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    "Per completion: the prompt tokens, including any forced mode prefix."
-    texts: list[str] = field(default_factory=list)
-    "Per completion: the text rewards saw (mode prefix + response)."
-    group: list[int] = field(default_factory=list)
-    "Per completion: index into `samples`."
-    modes: list[str] = field(default_factory=list)
-    "Per completion: the BPO mode ('' without modes)."
-    scored: RewardBatch | None = None
-    correct: list[bool] = field(default_factory=list)
+    items: list[Rollout] = field(default_factory=list)
+    "Completions of a prompt are contiguous, in prompt order."
+    failures: dict[str, int] = field(default_factory=dict)
+    "Reward calls that timed out or raised, by `reward/timeout|error`."
     seconds: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
     "Wall time spent generating and scoring these rollouts (summed over dynamic-sampling rounds)."
+
+    def owners(self) -> list[Sample]:
+        """Per completion, the sample it answers."""
+        return [self.samples[r.group] for r in self.items]
+
+    def attach_scores(self, scored: RewardBatch, correct: list[bool]) -> None:
+        for i, (item, ok) in enumerate(zip(self.items, correct)):
+            item.score, item.correct = float(scored.scores[i]), bool(ok)
+            item.terms = {name: values[i] for name, values in scored.components.items()}
+        self.failures = dict(scored.failures)
 
     def table_rows(self, limit: int) -> list[dict]:
         """Up to `limit` completions for inspection, one prompt after another (first completion of
         every prompt, then second ones, ...), each with its prompt, answer key and score."""
-        order = sorted(range(len(self.completions)), key=lambda i: (self.group[:i].count(self.group[i]), i))
+        groups = [r.group for r in self.items]
+        order = sorted(range(len(self.items)), key=lambda i: (groups[:i].count(groups[i]), i))
         rows = []
         for i in order[:limit]:
-            sample = self.samples[self.group[i]]
+            item = self.items[i]
+            sample = self.samples[item.group]
             prompt = sample.prompt if sample.prompt is not None else (sample.messages or [{}])[-1].get("content", "")
             rows.append({
-                "task": sample.task, "prompt": str(prompt), "completion": self.texts[i],
-                "ground_truth": str(sample.ground_truth), "reward": float(self.scored.scores[i]),
-                "correct": bool(self.correct[i]), "mode": self.modes[i] if self.modes else "",
+                "task": sample.task, "prompt": str(prompt), "completion": item.text,
+                "ground_truth": str(sample.ground_truth), "reward": item.score,
+                "correct": item.correct, "mode": item.mode,
             })
         return rows
 
     def varied_groups(self) -> list[int]:
         """Groups whose scores are not all equal (the only ones with a GRPO gradient), in order."""
         scores: dict[int, set[float]] = {}
-        for g, score in zip(self.group, self.scored.scores):
-            scores.setdefault(g, set()).add(score)
+        for item in self.items:
+            scores.setdefault(item.group, set()).add(item.score)
         return [g for g in range(len(self.samples)) if len(scores.get(g, ())) > 1]
 
     def select_groups(self, groups: list[int]) -> "Rollouts":
         """The listed groups only, renumbered 0..len(groups)-1 in the given order."""
         renumber = {g: i for i, g in enumerate(groups)}
-        rows = [i for g in groups for i, gi in enumerate(self.group) if gi == g]
-        scored = self.scored
-        return Rollouts(
-            samples=[self.samples[g] for g in groups],
-            completions=[self.completions[i] for i in rows],
-            prompt_ids=[self.prompt_ids[i] for i in rows],
-            texts=[self.texts[i] for i in rows],
-            group=[renumber[self.group[i]] for i in rows],
-            modes=[self.modes[i] for i in rows],
-            scored=RewardBatch(
-                scores=[scored.scores[i] for i in rows],
-                components={k: [v[i] for i in rows] for k, v in scored.components.items()},
-                details=[scored.details[i] for i in rows],
-                failures=dict(scored.failures),
-            ),
-            correct=[self.correct[i] for i in rows],
-            seconds=dict(self.seconds),
-        )
+        items = [replace(r, group=renumber[g]) for g in groups for r in self.items if r.group == g]
+        return Rollouts([self.samples[g] for g in groups], items, dict(self.failures), dict(self.seconds))
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":
         out = Rollouts(samples=[])
-        names = {k for p in parts for k in p.scored.components}
-        scores, components, details, failures = [], {k: [] for k in names}, [], {}
         for part in parts:
             offset = len(out.samples)
             out.samples += part.samples
-            out.completions += part.completions
-            out.prompt_ids += part.prompt_ids
-            out.texts += part.texts
-            out.group += [g + offset for g in part.group]
-            out.modes += part.modes
-            out.correct += part.correct
-            for k, v in part.seconds.items():
-                out.seconds[k] += v
-            scores += part.scored.scores
-            details += part.scored.details
-            for k in names:
-                components[k] += part.scored.components.get(k, [None] * len(part.scored.scores))
-            for k, v in part.scored.failures.items():
-                failures[k] = failures.get(k, 0) + v
-        out.scored = RewardBatch(scores=scores, components=components, details=details, failures=failures)
+            out.items += [replace(r, group=r.group + offset) for r in part.items]
+            for key, count in part.failures.items():
+                out.failures[key] = out.failures.get(key, 0) + count
+            for key, seconds in part.seconds.items():
+                out.seconds[key] += seconds
         return out

@@ -1,29 +1,26 @@
-"""Pure tensor functions for RL post-training, selected by name through registries."""
+"""Pure tensor functions for RL post-training, selected by name through registries (plugins.Registry).
 
-from . import advantages as _advantages  # noqa: F401  (registers estimators)
-from . import kl as _kl  # noqa: F401
-from . import policy_loss as _policy_loss  # noqa: F401
-from .aggregation import aggregate
-from .bpo import (
-    NON_THINKING_PREFIX,
-    THINKING_PREFIX,
-    apply_thinking_mode,
-    auto_think_share,
-    bpo_advantages,
-    bpo_group_index,
-    mode_metrics,
-)
+Importing this package registers every algorithm plug-in: advantage estimators, policy losses, KL
+estimators, loss aggregations and advantage weighting rules.
+"""
+
+from plugins.registry import Registry
+
+from .advantages import ADVANTAGES
+from .aggregation import AGGREGATIONS, aggregate
+from .bpo import auto_think_share, mode_metrics
 from .dpo import build_preference_pairs, dpo_loss, dpo_nll_loss
-from .filters import DynamicSamplingBuffer, dynamic_sampling_keep, mthinker_rejection_filter
-from .registry import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
+from .filters import mthinker_rejection_filter
+from .kl import KL_ESTIMATORS
+from .policy_loss import POLICY_LOSSES
 from .token_ops import (
     chunked_logprobs_entropy,
     entropy_from_logits,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
-    masked_whiten,
 )
+from .weighting import WEIGHTING_RULES, TaskWeighter
 
 
 def get_advantage(name: str):
@@ -44,6 +41,8 @@ __all__ = [
     "POLICY_LOSSES",
     "KL_ESTIMATORS",
     "AGGREGATIONS",
+    "WEIGHTING_RULES",
+    "TaskWeighter",
     "get_advantage",
     "get_policy_loss",
     "get_kl",
@@ -53,18 +52,10 @@ __all__ = [
     "chunked_logprobs_entropy",
     "masked_sum",
     "masked_mean",
-    "masked_whiten",
     "dpo_loss",
     "dpo_nll_loss",
     "build_preference_pairs",
     "mthinker_rejection_filter",
-    "dynamic_sampling_keep",
-    "DynamicSamplingBuffer",
-    "THINKING_PREFIX",
-    "NON_THINKING_PREFIX",
-    "bpo_group_index",
-    "bpo_advantages",
     "mode_metrics",
     "auto_think_share",
-    "apply_thinking_mode",
 ]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .registry import ADVANTAGES
+from plugins.registry import Registry
+
+# fn(rewards [B], group_index [B], **params) -> advantages [B]; params from algorithm.advantage_params.
+ADVANTAGES = Registry("advantage estimator", args=2)
 
 
 def _group_moments(rewards: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -51,7 +54,6 @@ def grpo(
     *,
     eps: float = 1e-6,
     norm_by_std: bool = True,
-    **kw,
 ) -> Tensor:
     """GRPO group-normalised advantage.
 
@@ -68,7 +70,7 @@ def grpo(
 
 
 @ADVANTAGES.register("rloo")
-def rloo(rewards: Tensor, group_index: Tensor, *, eps: float = 1e-6, **kw) -> Tensor:
+def rloo(rewards: Tensor, group_index: Tensor, *, eps: float = 1e-6) -> Tensor:
     """RLOO leave-one-out baseline.
 
     A_i = r_i - (sum_g(r) - r_i) / (n_g - 1); size-1 groups get 0.
@@ -87,7 +89,6 @@ def reinforce_baseline(
     *,
     eps: float = 1e-6,
     whiten: bool = False,
-    **kw,
 ) -> Tensor:
     """REINFORCE with a batch-mean baseline; groups are ignored.
 

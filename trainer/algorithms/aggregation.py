@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .registry import AGGREGATIONS
+from plugins.registry import Registry
+
 from .token_ops import masked_sum
+
+AGGREGATIONS = Registry("loss aggregation", args=2)
 
 
 def _num_seqs(values: Tensor, num_seqs: float | None) -> float:

@@ -1,8 +1,10 @@
 """Per-token policy-gradient losses.
 
-Signature: fn(logp [B,T], old_logp [B,T], advantages [B], mask [B,T], *, eps_low,
-eps_high, **kw) -> (loss [B,T] zeroed where mask==0, metrics: name -> detached scalar).
-Reduction to a scalar is left to aggregation.py so every loss works with every mode.
+Signature: fn(logp [B,T], old_logp [B,T], advantages [B], mask [B,T], **params) -> (loss [B,T]
+zeroed where mask==0, metrics: name -> detached scalar). The actor passes `eps_low` / `eps_high`
+(algorithm.eps_low / eps_high) to a loss that declares them, and `algorithm.policy_loss_params` as
+the rest of its keyword arguments. Reduction to a scalar is left to aggregation.py so every loss
+works with every mode.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from plugins.registry import Registry
+
 from .kl import LOG_RATIO_CLAMP
-from .registry import POLICY_LOSSES
 from .token_ops import masked_mean
+
+POLICY_LOSSES = Registry("policy loss", args=4)
+# Set by their own config keys (algorithm.eps_low / eps_high), never through policy_loss_params.
+CLIP_PARAMS = ("eps_low", "eps_high")
 
 
 def _ratio_metrics(log_ratio: Tensor, ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -35,7 +42,6 @@ def ppo_clip(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
-    **kw,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate with asymmetric range (clip-higher, DAPO).
 
@@ -75,7 +81,6 @@ def vanilla_pg(
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    **kw,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """REINFORCE: loss = -A * logp (no ratio, no clipping; on-policy only).
 

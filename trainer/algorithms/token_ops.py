@@ -95,18 +95,3 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of x over positions where mask is set; 0 when nothing is set."""
     n = mask.bool().sum() if dim is None else mask.bool().sum(dim)
     return masked_sum(x, mask, dim) / n.clamp(min=1).to(x.dtype)
-
-
-def masked_whiten(x: Tensor, mask: Tensor, *, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
-    """(x - mean) / sqrt(var + eps) over masked positions (unbiased var); 0 where unmasked.
-
-    shift_mean=False adds the mean back, keeping only the rescaling.
-    """
-    m = mask.bool()
-    n = m.sum().to(x.dtype)
-    mean = masked_mean(x, m)
-    var = masked_sum((x - mean) ** 2, m) / (n - 1).clamp(min=1)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return torch.where(m, out, torch.zeros_like(out))

@@ -2,38 +2,46 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from trainer.algorithms.dpo import build_preference_pairs
 from trainer.batch import TrainBatch
-from trainer.engines.sampling import SamplingSpec
+from trainer.rollout.sampling import SamplingSpec
+from trainer.stages import STAGES, StageOutput
 from trainer.workers.group import WorkerGroup
-from trainer.workers.reference import ReferenceWorker
 
 
-def build_pairs(trainer) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt, chosen, rejected) token lists from `dpo.num_queries` prompts x `dpo.samples_per_query` samples."""
+def build_pairs(trainer) -> tuple[TrainBatch, TrainBatch]:
+    """Chosen and rejected rows (prompt + response, with the prompt's images) from `dpo.num_queries` prompts
+    x `dpo.samples_per_query` samples, paired where the reward gap is at least `dpo.min_margin`."""
     cfg = trainer.cfg
     spec = SamplingSpec(
         n=cfg.dpo.samples_per_query, temperature=cfg.dpo.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        stop_token_ids=trainer.chat.stop_ids, seed=cfg.trainer.seed,
+        stop_token_ids=trainer.prompts.chat.stop_ids, seed=cfg.trainer.seed,
     )
     samples = []
     while len(samples) < cfg.dpo.num_queries:
         samples += trainer.sampler.next_batch()
-    samples = samples[: cfg.dpo.num_queries]
-    prompts = [trainer.encode_prompt(s) for s in samples]
-    completions = trainer.generate_ids(prompts, spec)
-    owners = [samples[c.prompt_index] for c in completions]
-    texts = [trainer.response_text(s, c) for s, c in zip(owners, completions)]
-    scored, _ = trainer.score(texts, owners)
-    n = cfg.dpo.samples_per_query
-    groups = [scored.scores[i * n : (i + 1) * n] for i in range(len(samples))]
+    rollouts = trainer.collector.sample(samples[: cfg.dpo.num_queries], spec)
+    n, items = cfg.dpo.samples_per_query, rollouts.items
+    groups = [[r.score for r in items[i * n : (i + 1) * n]] for i in range(len(rollouts.samples))]
     pairs = build_preference_pairs(groups, min_margin=cfg.dpo.min_margin)
-    return [
-        (prompts[completions[c].prompt_index], completions[c].token_ids, completions[r].token_ids) for c, r in pairs
-    ]
+    if not pairs:
+        raise RuntimeError("dpo: no query had a reward gap between its samples; nothing to prefer")
+    media = trainer.prompts.media_of(rollouts.samples)
+    pair_media = None if media is None else [media[items[c].group] for c, _ in pairs]
+    prompts = [items[c].prompt_ids for c, _ in pairs]
+
+    def rows(side: int) -> TrainBatch:
+        completions = [items[pair[side]].completion for pair in pairs]
+        batch = TrainBatch.from_sequences(prompts, [c.token_ids for c in completions], trainer.pad_id, media=pair_media)
+        batch.rollout_logprobs = TrainBatch.per_token([c.logprobs for c in completions], batch.response_mask.shape[1])
+        return batch
+
+    return rows(0), rows(1)
 
 
 def sequence_logprobs(group: WorkerGroup, batch: TrainBatch) -> torch.Tensor:
@@ -41,45 +49,34 @@ def sequence_logprobs(group: WorkerGroup, batch: TrainBatch) -> torch.Tensor:
     return (token_logp * batch.response_mask).sum(-1)
 
 
-def run_dpo(trainer) -> dict:
+@STAGES.register("dpo")
+def dpo_stage(trainer, stage_dir: Path, used_ids: set[str]) -> StageOutput:
     """Sample pairs from the starting policy, train DPO+NLL against it as the frozen reference."""
     cfg = trainer.cfg
-    policy_path = trainer.base_model_path
-    trainer.start_workers(policy_path)
-    reference = WorkerGroup(
-        "reference", ReferenceWorker, cfg.resources.reference, use_ray=trainer.use_ray,
-        model_path=policy_path, dtype=cfg.model.dtype, micro_batch_size=cfg.actor.micro_batch_size,
-        threads=cfg.actor.threads, max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
-        logits_chunk_size=cfg.actor.logits_chunk_size,
-    )
+    trainer.start_workers(trainer.base_model_path)
+    reference = trainer.workers.start_reference(trainer.base_model_path)
     try:
         before = trainer.evaluate()
-        pairs = build_pairs(trainer)
-        if not pairs:
-            raise RuntimeError("dpo: no query had a reward gap between its samples; nothing to prefer")
-        pad = trainer.pad_id
-        chosen_all = TrainBatch.from_sequences([p for p, _, _ in pairs], [c for _, c, _ in pairs], pad)
-        rejected_all = TrainBatch.from_sequences([p for p, _, _ in pairs], [r for _, _, r in pairs], pad)
+        chosen_all, rejected_all = build_pairs(trainer)
         ref_chosen, ref_rejected = sequence_logprobs(reference, chosen_all), sequence_logprobs(reference, rejected_all)
         generator = torch.Generator().manual_seed(cfg.trainer.seed)
         history = []
         for step in range(cfg.dpo.steps):
-            rows = torch.randint(len(pairs), (min(cfg.dpo.batch_size, len(pairs)),), generator=generator)
-            metrics = trainer.actor.call(
+            rows = torch.randint(len(chosen_all), (min(cfg.dpo.batch_size, len(chosen_all)),), generator=generator)
+            metrics = trainer.workers.actor.call(
                 "dpo_step", chosen_all.select(rows), rejected_all.select(rows), ref_chosen[rows], ref_rejected[rows],
                 beta=cfg.dpo.beta, nll_coef=cfg.dpo.nll_coef,
             )[0]
             history.append(metrics)
             trainer.tracker.log(step + 1, {f"dpo/{k}": v for k, v in metrics.items()})
-        trainer.sync_weights()
+        trainer.workers.sync_weights()
         after = trainer.evaluate()
     finally:
         reference.shutdown()
     last = history[-10:]
     summary = {
-        "pairs": len(pairs), "steps": cfg.dpo.steps, "eval_before": before, "eval_after": after,
+        "pairs": len(chosen_all), "steps": cfg.dpo.steps, "eval_before": before, "eval_after": after,
         "loss_last10": float(np.mean([m["loss"] for m in last])),
         "reward_accuracy_last10": float(np.mean([m["reward_accuracy"] for m in last])),
     }
-    trainer.save_model(trainer.run_dir / "final_model")
-    return summary
+    return StageOutput(str(trainer.save_model(trainer.run_dir / "final_model")), None, summary)

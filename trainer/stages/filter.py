@@ -8,39 +8,39 @@ from pathlib import Path
 from data.sources import save_jsonl
 from rewards.cross_lingual import attach_english_references, build_english_references
 from trainer.algorithms.filters import mthinker_rejection_filter
-from trainer.engines.sampling import SamplingSpec
+from trainer.rollout.sampling import SamplingSpec
+from trainer.stages import STAGES, StageOutput
 
 CHUNK = 64
 
 
-def run_filter(trainer, out_dir: Path, exclude_ids: set[str] = frozenset()) -> dict:
-    """Keep prompts by `filter.rule`, skipping those an earlier filter stage already kept (`exclude_ids`)."""
+@STAGES.register("filter")
+def filter_stage(trainer, out_dir: Path, used_ids: set[str]) -> StageOutput:
+    """Keep prompts by `filter.rule`, skipping those an earlier filter stage already kept (`used_ids`);
+    writes the kept prompts and the held-out set to `out_dir` for the next stages."""
     cfg, f = trainer.cfg, trainer.cfg.filter
     if f.rule != "mthinker":
         raise ValueError(f"filter.rule={f.rule!r}: available: mthinker")
     trainer.start_workers(trainer.base_model_path)
-    samples = [s for s in trainer.train_samples if s.id is None or s.id not in exclude_ids]
+    samples = [s for s in trainer.train_samples if s.id is None or s.id not in used_ids]
     excluded = len(trainer.train_samples) - len(samples)
     samples = samples[: f.max_prompts] if f.max_prompts else samples
     spec = SamplingSpec(
         n=f.n, temperature=f.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        stop_token_ids=trainer.chat.stop_ids, seed=cfg.trainer.seed,
+        stop_token_ids=trainer.prompts.chat.stop_ids, seed=cfg.trainer.seed,
     )
     passed: list[list[bool]] = []
     rollout_samples, rollout_texts, rollout_correct = [], [], []
     for start in range(0, len(samples), CHUNK):
-        chunk = samples[start : start + CHUNK]
-        completions = trainer.generate_ids([trainer.encode_prompt(s) for s in chunk], spec, first_index=start,
-                                              media=trainer.media_of(chunk))
-        owners = [chunk[c.prompt_index - start] for c in completions]
-        texts = [trainer.response_text(s, c) for s, c in zip(owners, completions)]
-        scored, correct = trainer.score(texts, owners)
-        consistent = scored.components.get(f.consistency_reward) if f.consistency_reward else None
-        ok = [c and (consistent is None or consistent[i] is None or consistent[i] >= 1.0) for i, c in enumerate(correct)]
-        passed += [ok[i * f.n : (i + 1) * f.n] for i in range(len(chunk))]
+        chunk = trainer.collector.sample(samples[start : start + CHUNK], spec, first_index=start)
+        owners, items = chunk.owners(), chunk.items
+        # Correct and, where a consistency reward is named, consistent (a task without that term passes it).
+        consistent = [r.terms.get(f.consistency_reward) if f.consistency_reward else None for r in items]
+        ok = [r.correct and (c is None or c >= 1.0) for r, c in zip(items, consistent)]
+        passed += [ok[i * f.n : (i + 1) * f.n] for i in range(len(chunk.samples))]
         rollout_samples += owners
-        rollout_texts += texts
-        rollout_correct += correct
+        rollout_texts += [r.text for r in items]
+        rollout_correct += [r.correct for r in items]
     kept = [samples[i] for i in mthinker_rejection_filter(passed)]
     summary = {
         "prompts": len(samples), "kept": len(kept), "excluded": excluded,
@@ -58,4 +58,5 @@ def run_filter(trainer, out_dir: Path, exclude_ids: set[str] = frozenset()) -> d
         )
     save_jsonl(kept, out_dir / "train.jsonl")
     save_jsonl(held_out, out_dir / "eval.jsonl")
-    return summary
+    data = {"train": str(out_dir / "train.jsonl"), "eval": str(out_dir / "eval.jsonl")}
+    return StageOutput(trainer.base_model_path, data, summary)

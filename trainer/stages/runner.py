@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainer.config import Config, validate
+from trainer.stages import STAGES, StageOutput
+from trainer.stages import dpo, filter, grpo, sft  # noqa: F401  (register the built-in stage types)
 
-STAGE_TYPES = ("sft", "grpo", "dpo", "filter")
 
 
 class StageConfigError(ValueError):
@@ -44,30 +45,15 @@ def stage_config(cfg: Config, name: str, spec: dict, stage_dir: Path, model: str
     return stage
 
 
-def _run_one(kind: str, cfg: Config, stage_dir: Path, exclude_ids: set[str]) -> tuple[str, dict | None, dict]:
+def _run_one(kind: str, cfg: Config, stage_dir: Path, used_ids: set[str]) -> StageOutput:
     from trainer.loop import Trainer
 
     if kind == "sft" and cfg.sft.steps <= 0:
         # Skipped (e.g. starting from an SFT checkpoint): checked before loading the stage's data.
-        return cfg.model.path, None, {"steps": 0, "skipped": True}
+        return StageOutput(cfg.model.path, None, {"steps": 0, "skipped": True})
     trainer = Trainer(cfg)
     try:
-        if kind == "sft":
-            model = trainer.cold_start_sft()
-            return model, None, {"steps": cfg.sft.steps, **json.loads((Path(model) / "stage_done.json").read_text())}
-        if kind == "grpo":
-            summary = trainer.fit()
-            return str(stage_dir / "final_model"), None, summary
-        if kind == "dpo":
-            from trainer.stages.dpo import run_dpo
-
-            summary = run_dpo(trainer)
-            return str(stage_dir / "final_model"), None, summary
-        from trainer.stages.filter import run_filter
-
-        summary = run_filter(trainer, stage_dir, exclude_ids)
-        data = {"train": str(stage_dir / "train.jsonl"), "eval": str(stage_dir / "eval.jsonl")}
-        return trainer.base_model_path, data, summary
+        return STAGES.get(kind)(trainer, stage_dir, used_ids)
     finally:
         trainer.close()
 
@@ -99,6 +85,12 @@ def describe(name: str, kind: str, summary: dict) -> str:
 
 def run_stages(cfg: Config) -> list[dict]:
     run_dir = Path(cfg.trainer.output_dir)
+    # Every stage's type and config are checked before the first one runs, so a typo in the last stage
+    # does not wait for the others to train.
+    for index, (name, spec) in enumerate(cfg.stages.items()):
+        if not isinstance(spec, dict) or spec.get("type") not in STAGES:
+            raise StageConfigError(f"stages.{name}.type must be one of {', '.join(STAGES.names())}")
+        stage_config(cfg, name, spec, run_dir / "stages" / f"{index:02d}-{name}", cfg.model.path, None)
     model = cfg.model.path
     if model == "tiny":
         from trainer.tiny_model import build_tiny_model
@@ -108,8 +100,6 @@ def run_stages(cfg: Config) -> list[dict]:
     used_ids: set[str] = set()  # prompts earlier filters kept: a later filter draws from the rest (M-Thinker Iter2)
     results = []
     for index, (name, spec) in enumerate(cfg.stages.items()):
-        if not isinstance(spec, dict) or spec.get("type") not in STAGE_TYPES:
-            raise StageConfigError(f"stages.{name}.type must be one of {', '.join(STAGE_TYPES)}")
         stage_dir = run_dir / "stages" / f"{index:02d}-{name}"
         record_path = stage_dir / "stage.json"
         if record_path.exists():
@@ -119,10 +109,10 @@ def run_stages(cfg: Config) -> list[dict]:
             # A filter reads the recipe's own data (not an earlier filter's output), minus prompts already used.
             stage_cfg = stage_config(cfg, name, spec, stage_dir, model, None if spec["type"] == "filter" else data)
             print(f"[stage {name} ({spec['type']})] starting in {stage_dir}", flush=True)
-            out_model, out_data, summary = _run_one(spec["type"], stage_cfg, stage_dir, used_ids)
-            record = {"type": spec["type"], "model": out_model, "data": out_data or data, "summary": summary}
+            out = _run_one(spec["type"], stage_cfg, stage_dir, used_ids)
+            record = {"type": spec["type"], "model": out.model, "data": out.data or data, "summary": out.summary}
             record_path.write_text(json.dumps(record, indent=2))
-            print(describe(name, spec["type"], summary), flush=True)
+            print(describe(name, spec["type"], out.summary), flush=True)
         model, data = record["model"], record["data"]
         if spec["type"] == "filter":
             used_ids |= {row["id"] for row in _read_rows(Path(record["data"]["train"]))}

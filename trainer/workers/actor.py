@@ -9,8 +9,10 @@ import torch
 from data.curriculum import staged_pool
 from trainer.algorithms import aggregate, get_kl, get_policy_loss
 from trainer.algorithms.dpo import dpo_nll_loss
+from trainer.algorithms.policy_loss import CLIP_PARAMS
 from trainer.batch import TrainBatch, plan_micro_batches
-from trainer.engines.strategy import make_strategy
+from trainer.config import ActorConfig, AlgorithmConfig
+from trainer.strategies.factory import make_strategy
 from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs
 
 
@@ -28,41 +30,41 @@ class ActorWorker:
     the controller starts `world_size` of them and calls `init_distributed` on all at once, and
     every method is then called on every rank with the same arguments (results from rank 0)."""
 
-    def __init__(self, model_path: str, *, actor: dict, algorithm: dict, dtype: str, seed: int, max_len: int,
+    def __init__(self, model_path: str, *, actor: ActorConfig, algorithm: AlgorithmConfig, dtype: str, seed: int, max_len: int,
                  rank: int = 0, world_size: int = 1):
-        torch.set_num_threads(int(actor["threads"]))
+        torch.set_num_threads(actor.threads)
         torch.manual_seed(seed)
         self.cfg, self.algo, self.seed, self.max_len = actor, algorithm, seed, max_len
         self.rank, self.world_size = rank, world_size
         self.model = load_causal_lm(model_path, dtype)
-        if actor.get("gradient_checkpointing"):
+        if actor.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
-        prefixes = list(actor.get("freeze") or [])
-        if actor.get("freeze_vision"):
+        prefixes = list(actor.freeze or [])
+        if actor.freeze_vision:
             from trainer.vision import vision_module_prefixes
 
             prefixes += vision_module_prefixes(self.model)
         self.frozen = freeze_parameters(self.model, prefixes)
-        self.strategy = self._make_strategy() if actor["strategy"] == "torch" else None
+        self.strategy = self._make_strategy() if actor.strategy == "torch" else None
         self.updates = 0
 
     def _make_strategy(self):
         actor = self.cfg
         return make_strategy(
-            actor["strategy"], self.model, lr=actor["lr"], weight_decay=actor["weight_decay"], betas=actor["betas"],
-            warmup_steps=actor["warmup_steps"], reshard_after_forward=actor.get("reshard_after_forward", True),
-            mixed_precision=actor.get("mixed_precision", False), cpu_offload=actor.get("cpu_offload", False),
-            zero_stage=actor.get("zero_stage", 2), grad_clip=actor["grad_clip"],
+            actor.strategy, self.model, lr=actor.lr, weight_decay=actor.weight_decay, betas=actor.betas,
+            warmup_steps=actor.warmup_steps, reshard_after_forward=actor.reshard_after_forward,
+            mixed_precision=actor.mixed_precision, cpu_offload=actor.cpu_offload,
+            zero_stage=actor.zero_stage, grad_clip=actor.grad_clip,
         )
 
     def rendezvous_address(self) -> tuple[str, int]:
-        from trainer.engines.distributed import rendezvous_address
+        from trainer.strategies.distributed import rendezvous_address
 
         return rendezvous_address()
 
     def init_distributed(self, host: str, port: int) -> None:
-        from trainer.engines.distributed import init_distributed
+        from trainer.strategies.distributed import init_distributed
 
         init_distributed(self.rank, self.world_size, host, port)
         self.strategy = self._make_strategy()
@@ -77,12 +79,12 @@ class ActorWorker:
         return next(self.model.parameters()).device
 
     def _micro_batches(self, batch: TrainBatch, world_size: int) -> list[list[list[int]]]:
-        return plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.cfg["micro_batch_size"],
-                                  max_tokens=self.cfg.get("max_tokens_per_micro_batch"), world_size=world_size)
+        return plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.cfg.micro_batch_size,
+                                  max_tokens=self.cfg.max_tokens_per_micro_batch, world_size=world_size)
 
     @property
     def logits_chunk_size(self) -> int:
-        return int(self.cfg.get("logits_chunk_size") or 0)
+        return int(self.cfg.logits_chunk_size or 0)
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
@@ -97,20 +99,24 @@ class ActorWorker:
     def update(self, batch: TrainBatch, temperature: float) -> dict[str, float]:
         """PPO-style update over mini-batches; returns token-weighted metric means."""
         algo, cfg = self.algo, self.cfg
-        policy_loss = get_policy_loss(algo["policy_loss"])
-        kl_fn = get_kl(algo["kl_estimator"]) if algo["kl_coef"] > 0 else None
-        mini = min(cfg["mini_batch_size"], len(batch))
+        policy_loss = get_policy_loss(algo.policy_loss)
+        # The clip range goes to the losses that take it; the rest are the loss's own hyperparameters.
+        loss_params = {key: getattr(algo, key) for key in CLIP_PARAMS
+                       if key in policy_loss.params or policy_loss.accepts_any_param}
+        loss_params.update(algo.policy_loss_params or {})
+        kl_fn = get_kl(algo.kl_estimator) if algo.kl_coef > 0 else None
+        mini = min(cfg.mini_batch_size, len(batch))
         generator = torch.Generator().manual_seed(self.seed + self.updates)
         sums: dict[str, float] = defaultdict(float)
         tokens_seen, grad_norms = 0.0, []
-        for _ in range(cfg["epochs"]):
+        for _ in range(cfg.epochs):
             order = torch.randperm(len(batch), generator=generator)
             for start in range(0, len(batch), mini):
                 mini_batch = batch.select(order[start : start + mini])
                 totals = dict(
                     num_tokens=mini_batch.response_mask.sum().clamp(min=1),
                     num_seqs=len(mini_batch),
-                    max_len=algo.get("loss_max_len") or self.max_len,
+                    max_len=algo.loss_max_len or self.max_len,
                 )
                 # Each rank takes a contiguous shard; all ranks run the same number of micro-batches
                 # (sharded strategies communicate in every backward), padding with zero-weight ones.
@@ -126,15 +132,13 @@ class ActorWorker:
                     mask = micro.response_mask
                     logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True,
                                                       chunk_size=self.logits_chunk_size, min_chunks=min_chunks)
-                    token_loss, loss_metrics = policy_loss(
-                        logp, micro.old_logprobs, micro.advantages, mask,
-                        eps_low=algo["eps_low"], eps_high=algo["eps_high"],
-                    )
-                    loss = aggregate(token_loss, mask, algo["loss_agg"], **totals)
+                    token_loss, loss_metrics = policy_loss(logp, micro.old_logprobs, micro.advantages, mask,
+                                                           **loss_params)
+                    loss = aggregate(token_loss, mask, algo.loss_agg, **totals)
                     n_tok = float(mask.sum()) * weight
                     if kl_fn is not None:
                         kl = kl_fn(logp, micro.ref_logprobs)
-                        loss = loss + algo["kl_coef"] * aggregate(kl, mask, algo["loss_agg"], **totals)
+                        loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, **totals)
                         sums["kl"] += float((kl.detach() * mask).sum()) * weight
                     loss = loss * weight
                     # Sharded strategies average gradients over ranks; each rank holds 1/world of the sum.
@@ -144,10 +148,10 @@ class ActorWorker:
                     for key, value in loss_metrics.items():
                         sums[key] += float(value) * n_tok
                     tokens_seen += n_tok
-                grad_norms.append(self.strategy.optimizer_step(cfg["grad_clip"]))
+                grad_norms.append(self.strategy.optimizer_step(cfg.grad_clip))
         self.updates += 1
         if self.world_size > 1:
-            from trainer.engines.distributed import all_reduce_sums
+            from trainer.strategies.distributed import all_reduce_sums
 
             totals = all_reduce_sums({**dict(sorted(sums.items())), "__tokens": tokens_seen})
             tokens_seen = totals.pop("__tokens")
@@ -170,7 +174,7 @@ class ActorWorker:
         the (s // stage_steps)-th smallest stage value (counting from 0), so one more value comes in
         every `stage_steps` steps. Every rank trains on the same batch, so sharded
         strategies give the single-worker result."""
-        if self.cfg["strategy"] == "torch":
+        if self.cfg.strategy == "torch":
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
 
@@ -187,7 +191,7 @@ class ActorWorker:
 
             def backward_and_step(loss: torch.Tensor) -> None:
                 self.strategy.backward(loss)
-                self.strategy.optimizer_step(self.cfg["grad_clip"])
+                self.strategy.optimizer_step(self.cfg.grad_clip)
                 for group in self.strategy.optimizer.param_groups:
                     group["lr"] = lr  # undo the RL warm-up schedule
         generator = torch.Generator().manual_seed(self.seed)
@@ -219,7 +223,7 @@ class ActorWorker:
             ref_chosen, ref_rejected, chosen_logp, chosen.response_mask, nll_coef=nll_coef, beta=beta,
         )
         self.strategy.backward(loss)
-        grad_norm = self.strategy.optimizer_step(self.cfg["grad_clip"])
+        grad_norm = self.strategy.optimizer_step(self.cfg.grad_clip)
         out = {k: float(v) for k, v in metrics.items()}
         out.update(loss=float(loss.detach()), grad_norm=grad_norm)
         return out
@@ -231,7 +235,7 @@ class ActorWorker:
 
     def open_weight_sync(self, host: str, port: int, world_size: int) -> list:
         """Rank 0 joins the actor->rollout sync group as its sender; returns the tensor layout to send."""
-        from trainer.engines.weight_sync import SyncGroup, describe
+        from trainer.rollout.weight_sync import SyncGroup, describe
 
         layout = describe(self.strategy.full_state_dict())  # collective for sharded strategies
         if self.rank == 0:
@@ -245,7 +249,7 @@ class ActorWorker:
             self.sync_group.send(state)
 
     def save_pretrained(self, out_dir: str) -> None:
-        if self.world_size == 1 and self.cfg["strategy"] == "torch":
+        if self.world_size == 1 and self.cfg.strategy == "torch":
             self.model.save_pretrained(out_dir)
             return
         state = self.strategy.full_state_dict()  # collective

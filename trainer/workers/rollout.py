@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.engines.sampling import Completion, SamplingSpec
+from trainer.rollout import ENGINES
+from trainer.rollout.sampling import Completion, SamplingSpec
 
 
 class RolloutWorker:
@@ -12,17 +13,7 @@ class RolloutWorker:
                  tokenizer: str | None = None, **engine_kwargs):
         """`tokenizer`: the trainer's tokenizer folder (model.tokenizer), when it is not the model's."""
         torch.set_num_threads(threads)
-        if engine == "vllm":
-            from trainer.engines.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **engine_kwargs)
-        elif engine == "hf":
-            from trainer.engines.hf_engine import HFEngine
-
-            # Token ids in, token ids out: the HF engine never tokenises, so the trainer's tokenizer is the only one.
-            self.engine = HFEngine(model_path, dtype=dtype, seed=seed)
-        else:
-            raise ValueError(f"rollout.engine={engine!r}: expected 'vllm' or 'hf'")
+        self.engine = ENGINES.get(engine)(model_path, dtype=dtype, seed=seed, tokenizer=tokenizer, **engine_kwargs)
 
     def generate(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> list[Completion]:
         """(index, token ids[, media]) items: the index is the prompt's place in the whole step, so seeds
@@ -38,7 +29,7 @@ class RolloutWorker:
         self.engine.load_weights(state_dict)
 
     def open_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
-        from trainer.engines.weight_sync import SyncGroup
+        from trainer.rollout.weight_sync import SyncGroup
 
         self.sync_group = SyncGroup(host, port, rank=rank, world_size=world_size)
 

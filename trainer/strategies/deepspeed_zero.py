@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainer.engines.strategy import adamw, warmup_schedule
+from trainer.strategies.base import adamw, warmup_schedule
 
 TAG = "state"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from trainer.engines.strategy import TorchStrategy
+from trainer.strategies.base import TorchStrategy
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 # Free-form mappings: an override replaces the whole value instead of merging into it, so
 # `reward.tasks={math: [...]}` means exactly that mix (Hydra would refuse new keys in a struct node).
 REPLACED_WHOLE = (
-    "reward.tasks", "reward.group_transforms", "reward.weighting.params", "algorithm.advantage_params", "stages",
+    "reward.tasks", "reward.group_transforms", "reward.weighting.params", "algorithm.advantage_params", "algorithm.policy_loss_params", "stages",
     "rollout.mode_prefixes", "data.task_weights", "reward.correct_at", "data.apply_chat_template_kwargs",
 )
 

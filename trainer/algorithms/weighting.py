@@ -1,4 +1,4 @@
-"""Dynamic multi-task weighting from how hard each task and each prompt currently is.
+"""Advantage and task weighting from how hard each task and each prompt currently is.
 
 A weighting rule maps an accuracy in [0, 1] to a non-negative weight: ``fn(group_accuracy, **params)``;
 register one with ``@register_weighting_rule("name")``. ``TaskWeighter`` applies a rule two ways:
@@ -13,33 +13,13 @@ p = 0.5 and 0 at p = 0 or 1; it equals 4x the variance of a 0/1 reward with succ
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
-_RULES: dict[str, Callable[..., float]] = {}
+from plugins.registry import Plugin, Registry
 
-
-def register_weighting_rule(name: str):
-    if not isinstance(name, str) or not name:
-        raise ValueError("weighting rule name must be a non-empty string")
-
-    def decorator(fn):
-        existing = _RULES.get(name)
-        if existing is not None and existing.__qualname__ != fn.__qualname__:
-            raise ValueError(f"weighting rule {name!r} is already registered by {existing.__module__}")
-        _RULES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_weighting_rule(name: str) -> Callable[..., float]:
-    if name not in _RULES:
-        raise KeyError(f"unknown weighting rule {name!r}; registered: {', '.join(sorted(_RULES))}")
-    return _RULES[name]
-
-
-def list_weighting_rules() -> list[str]:
-    return sorted(_RULES)
+# fn(group_accuracy, **params) -> weight; params from reward.weighting.params.
+WEIGHTING_RULES = Registry("weighting rule", args=1)
+register_weighting_rule = WEIGHTING_RULES.register
 
 
 @register_weighting_rule("uniform")
@@ -87,14 +67,14 @@ class TaskWeighter:
 
     def __init__(self, rule: str = "difficulty", rule_params: dict | None = None, ema: float = 0.9):
         self.rule_name = rule
-        self.rule = get_weighting_rule(rule)
+        self.rule = WEIGHTING_RULES.check(rule, rule_params)
         self.rule_params = dict(rule_params or {})
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
             raise ValueError("ema must be in [0, 1)")
         self.ema = float(ema)
         try:
             probe = self.rule(0.5, **self.rule_params)
-        except TypeError as exc:
+        except TypeError as exc:  # e.g. a second required argument
             raise ValueError(f"weighting rule {rule!r}: {exc}") from None
         if not isinstance(probe, (int, float)) or not math.isfinite(probe) or probe < 0:
             raise ValueError(f"weighting rule {rule!r} must return a finite, non-negative number")
@@ -138,6 +118,20 @@ class TaskWeighter:
         if total <= 0:
             return {task: 1.0 for task in raw}
         return {task: value * len(raw) / total for task, value in raw.items()}
+
+    def weigh(self, advantages, tasks: list[str], group_index: list[int], correct: list[bool],
+              scope: str = "sample") -> tuple[Any, dict[str, float]]:
+        """Observe a step's completions, then scale each advantage by its group's weight (`scope=sample`)
+        or its task's running weight (`scope=task`); returns the scaled advantages and metrics."""
+        self.observe(tasks, correct, group_index)
+        if scope == "sample":
+            weights = self.sample_weights(group_index, correct)
+        else:
+            by_task = self.task_weights()
+            weights = [by_task.get(t, 1.0) for t in tasks]
+        metrics = {"weighting/mean": float(sum(weights) / len(weights))}
+        metrics.update({f"weighting/task/{t}": w for t, w in self.task_weights().items()})
+        return advantages * advantages.new_tensor(weights), metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ from collections import defaultdict
 import torch
 
 from trainer.algorithms import logprobs_from_logits
-from trainer.engines.sampling import Completion, SamplingSpec
+from trainer.rollout.sampling import Completion, SamplingSpec
 from trainer.modeling import forward_inputs, load_causal_lm
 
 

@@ -1,7 +1,7 @@
-"""Training strategies: how the actor's model is wrapped, stepped and saved.
+"""The training-strategy interface, the optimiser helpers every strategy shares, and `torch` (one device).
 
-The actor worker only talks to this interface: `torch` (one worker) here; the data
-parallel, sharded ones in `fsdp2.py` (torch FSDP2) and `deepspeed_zero.py` (ZeRO-1/2/3).
+The actor worker only talks to `TrainingStrategy`; `factory.make_strategy` picks one by name:
+`torch` here, the data-parallel sharded ones in `fsdp2.py` (torch FSDP2) and `deepspeed_zero.py` (ZeRO-1/2/3).
 """
 
 from __future__ import annotations
@@ -85,32 +85,3 @@ class TorchStrategy:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-
-
-def _fsdp2(model: torch.nn.Module, **kwargs) -> TrainingStrategy:
-    from trainer.engines.fsdp2 import FSDP2Strategy  # imports torch.distributed pieces only when used
-
-    return FSDP2Strategy(model, **kwargs)
-
-
-def _deepspeed(model: torch.nn.Module, **kwargs) -> TrainingStrategy:
-    from trainer.engines.deepspeed_zero import DeepSpeedStrategy
-
-    return DeepSpeedStrategy(model, **kwargs)
-
-
-STRATEGIES = {"torch": TorchStrategy, "fsdp2": _fsdp2, "deepspeed": _deepspeed}
-# Options each strategy understands beyond lr, weight_decay, betas and warmup_steps.
-STRATEGY_OPTIONS = {
-    "torch": (),
-    "fsdp2": ("reshard_after_forward", "mixed_precision", "cpu_offload"),
-    "deepspeed": ("zero_stage", "grad_clip", "mixed_precision", "cpu_offload"),
-}
-COMMON = ("lr", "weight_decay", "betas", "warmup_steps")
-
-
-def make_strategy(name: str, model: torch.nn.Module, **kwargs) -> TrainingStrategy:
-    if name not in STRATEGIES:
-        raise ValueError(f"actor.strategy={name!r} is not available; available: {sorted(STRATEGIES)}")
-    allowed = COMMON + STRATEGY_OPTIONS[name]
-    return STRATEGIES[name](model, **{k: v for k, v in kwargs.items() if k in allowed})

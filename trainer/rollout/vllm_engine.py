@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.engines.sampling import Completion, SamplingSpec
+from trainer.rollout.sampling import Completion, SamplingSpec
 
 
 class _DropExpectedWarnings(logging.Filter):

@@ -3,11 +3,11 @@ import math
 
 import pytest
 
-from rewards.weighting import (
+from trainer.algorithms.weighting import (
+    WEIGHTING_RULES,
     TaskWeighter,
     difficulty,
     difficulty_gaussian,
-    get_weighting_rule,
     group_accuracies,
     register_weighting_rule,
     uniform,
@@ -81,12 +81,13 @@ def test_custom_rule_and_validation():
     def hard_first(group_accuracy, *, power=1.0):
         return (1.0 - group_accuracy) ** power
 
-    assert get_weighting_rule("test_hard_first") is hard_first
+    assert WEIGHTING_RULES.get("test_hard_first").fn is hard_first
+    assert WEIGHTING_RULES.get("test_hard_first").params == {"power": 1.0}
     weighter = TaskWeighter("test_hard_first", {"power": 2.0})
     assert weighter.sample_weights([0, 0], [True, False]) == pytest.approx([0.25, 0.25])
     with pytest.raises(KeyError):
         TaskWeighter("no_such_rule")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weighting rule 'difficulty' has no parameter 'sigma'; its parameters: floor"):
         TaskWeighter("difficulty", {"sigma": 0.1})  # a parameter the rule does not take
     with pytest.raises(ValueError):
         TaskWeighter(ema=1.0)

@@ -1,0 +1,167 @@
+"""The run's workers: actor, rollout engines and reference, as Ray actors (or in-process objects), with
+their lifecycle: start, generate, weight sync (and sleep/wake when colocated on GPUs), save, close."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.config import Config
+from trainer.rollout.sampling import Completion, SamplingSpec
+from trainer.workers.group import WorkerGroup, init_ray
+
+
+class WorkerCluster:
+    def __init__(self, cfg: Config, tokenizer_path: str, max_images_per_prompt: int):
+        self.cfg, self.tokenizer_path, self.max_images_per_prompt = cfg, tokenizer_path, max_images_per_prompt
+        self.use_ray = cfg.engine.ray
+        self.actor: WorkerGroup | None = None
+        self.rollout: WorkerGroup | None = None
+        self.reference: WorkerGroup | None = None
+        self.max_len: int | None = None  # the rollout engines' context, set by start()
+        self.placement = None  # role -> placement-group seats, once Ray is up
+        self.weight_layout = None  # tensor layout of the actor->rollout broadcast (rollout.weight_sync=collective)
+        res = cfg.resources
+        # Colocated on GPUs, the rollout engine frees its memory while the actor trains.
+        self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
+
+    # ----- start --------------------------------------------------------------------------------
+    def start_actor(self, model_path: str) -> WorkerGroup:
+        """The actor role alone (SFT needs no rollout); `start` keeps an actor already running."""
+        self._init_ray()
+        from trainer.workers.actor import ActorWorker
+
+        cfg = self.cfg
+        self.actor = WorkerGroup(
+            "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray, ranked=True, slots=self._slots("actor"),
+            model_path=model_path, actor=cfg.actor, algorithm=cfg.algorithm,
+            dtype=cfg.model.dtype, seed=cfg.trainer.seed, max_len=cfg.rollout.max_new_tokens,
+        )
+        if cfg.actor.strategy != "torch":
+            # Sharded strategies: rank 0 names the rendezvous, then all ranks join at once.
+            host, port = self.actor.call_one(0, "rendezvous_address")
+            self.actor.call("init_distributed", host, port)
+        return self.actor
+
+    def start(self, policy_path: str, max_model_len: int) -> None:
+        """Actor (unless running), rollout engines and, with a KL term, the reference, all from `policy_path`."""
+        cfg = self.cfg
+        self._init_ray()
+        from trainer.workers.rollout import RolloutWorker
+
+        self.max_len = max_model_len
+        if self.actor is None:
+            self.start_actor(policy_path)
+        self.rollout = WorkerGroup(
+            "rollout", RolloutWorker, cfg.resources.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
+            env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+            model_path=policy_path, tokenizer=self.tokenizer_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype,
+            seed=cfg.trainer.seed, threads=cfg.rollout.threads,
+            **({"max_model_len": max_model_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
+                "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
+                "tensor_parallel_size": cfg.rollout.tensor_parallel_size,
+                "max_images_per_prompt": self.max_images_per_prompt,
+                "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
+               if cfg.rollout.engine == "vllm" else {}),
+        )
+        if cfg.rollout.weight_sync == "collective":
+            self._open_weight_sync()
+        if cfg.algorithm.kl_coef > 0:
+            self.reference = self.start_reference(policy_path)
+
+    def start_reference(self, model_path: str) -> WorkerGroup:
+        """A frozen copy of `model_path` for log-probs (the KL term; DPO's reference)."""
+        from trainer.workers.reference import ReferenceWorker
+
+        cfg = self.cfg
+        return WorkerGroup(
+            "reference", ReferenceWorker, cfg.resources.reference, use_ray=self.use_ray, slots=self._slots("reference"),
+            model_path=model_path, dtype=cfg.model.dtype, micro_batch_size=cfg.actor.micro_batch_size,
+            threads=cfg.actor.threads, max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
+            logits_chunk_size=cfg.actor.logits_chunk_size,
+        )
+
+    def _init_ray(self) -> None:
+        if self.use_ray:
+            res = self.cfg.resources
+            # Enough logical CPUs that every role can be placed at once, in any stage of this process
+            # (a DPO stage adds a reference even when kl_coef is 0).
+            needed = sum(r.num_cpus * r.count for r in (res.actor, res.rollout, res.reference))
+            init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus, needed)
+
+    def _slots(self, role: str) -> list | None:
+        """This role's placement-group seats (resources.placement), planned once for all roles."""
+        if not self.use_ray:
+            return None
+        if self.placement is None:
+            from trainer.workers.placement import plan_placement
+
+            roles = ["actor", "rollout"] + (["reference"] if self.cfg.algorithm.kl_coef > 0 else [])
+            self.placement = plan_placement(self.cfg.resources, roles)
+        return self.placement.get(role)
+
+    # ----- generate and sync --------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
+                 media: list | None = None) -> list[Completion]:
+        """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
+        `media[i]` carries prompt i's images."""
+        if media is None:
+            indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
+        else:
+            indexed = [(first_index + i, p, m) for i, (p, m) in enumerate(zip(prompts, media))]
+        completions = self.rollout.scatter("generate", indexed, spec)
+        expected = [first_index + i for i in range(len(prompts)) for _ in range(spec.n)]
+        if [c.prompt_index for c in completions] != expected:
+            raise RuntimeError("rollout returned completions out of prompt order")
+        return completions
+
+    def sleep_rollout(self) -> None:
+        """Free the rollout engines' GPU memory for the actor (colocated on GPUs only)."""
+        if self.rollout_sleeps:
+            self.rollout.call("sleep")
+
+    def _open_weight_sync(self) -> None:
+        """Actor rank 0 and the rollout engines join one broadcast group (rollout.weight_sync=collective)."""
+        host, port = self.actor.call_one(0, "rendezvous_address")
+        size = 1 + len(self.rollout)
+        sender = self.actor.call_async("open_weight_sync", host, port, size)
+        receivers = self.rollout.call_each_async("open_weight_sync", [(host, port, i + 1, size) for i in range(size - 1)])
+        self.weight_layout = self.actor.wait(sender, "open_weight_sync")[0]
+        self.rollout.wait(receivers, "open_weight_sync")
+
+    def sync_weights(self) -> None:
+        """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
+        if self.rollout_sleeps:
+            self.rollout.call("wake_up")
+        if self.weight_layout is not None:
+            sent = self.actor.call_async("broadcast_weights")
+            received = self.rollout.call_async("receive_weights", self.weight_layout)
+            self.actor.wait(sent, "broadcast_weights")
+            self.rollout.wait(received, "receive_weights")
+            return
+        weights = self.actor.call_async("weights")[0]
+        self.rollout.call("load_weights", weights)
+
+    # ----- save and close -----------------------------------------------------------------------
+    def save_model(self, out_dir: Path, tokenizer_or_processor) -> Path:
+        """The actor's current weights and the tokenizer (or a vision model's processor, which writes the
+        tokenizer too) as a Hugging Face folder, so the next stage loads it."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.actor.call("save_pretrained", str(out_dir))
+        tokenizer_or_processor.save_pretrained(out_dir)
+        return out_dir
+
+    def stop_actor(self) -> None:
+        self.actor.shutdown()
+        self.actor = None
+
+    def close(self) -> None:
+        for group in (self.rollout, self.reference, self.actor):
+            if group is not None:
+                group.shutdown()
+        self.rollout = self.reference = self.actor = None
+        if self.placement:
+            from trainer.workers.placement import remove_placement
+
+            remove_placement(self.placement)
+            self.placement = None

@@ -1,0 +1,36 @@
+"""Scoring rollouts: the reward mix per task, whether each completion counts as correct, and the group
+transforms that need all completions of a prompt at once."""
+
+from __future__ import annotations
+
+import time
+
+from rewards.compose import RewardComposer, accuracy_scores
+from trainer.config import RewardConfig
+from trainer.rollouts import Rollouts
+
+
+class Scorer:
+    def __init__(self, cfg: RewardConfig):
+        self.cfg = cfg
+        self.composer = RewardComposer(cfg.tasks, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s,
+                                       group_transforms=cfg.group_transforms or None)
+
+    def score(self, rollouts: Rollouts, group_transforms: bool = True) -> Rollouts:
+        """Fill in each rollout's score, reward terms and correctness (the accuracy reward reaching
+        `reward.correct_at` for its task, 1.0 by default); `group_transforms=False` for evaluation."""
+        clock = time.time()
+        owners = rollouts.owners()
+        scored = self.composer.score([r.text for r in rollouts.items], owners)
+        values = accuracy_scores(scored, self.cfg.accuracy_reward)
+        correct = [v >= self.cfg.correct_at.get(s.task, 1.0) for v, s in zip(values, owners)]
+        if group_transforms and self.cfg.group_transforms:
+            scored = self.composer.apply_group_transforms(
+                scored, [r.group for r in rollouts.items], owners, [len(r.completion.token_ids) for r in rollouts.items]
+            )
+        rollouts.attach_scores(scored, correct)
+        rollouts.seconds["reward"] += time.time() - clock
+        return rollouts
+
+    def close(self) -> None:
+        self.composer.close()

@@ -435,6 +435,7 @@ def plugin_problems(cfg: Config) -> list[str]:
     from trainer.strategies.factory import STRATEGIES
     from rewards.base import REWARDS
     from trainer.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, WEIGHTING_RULES
+    from trainer.algorithms.filters import FILTER_RULES
     from trainer.algorithms.policy_loss import CLIP_PARAMS
 
     algo, reward = cfg.algorithm, cfg.reward
@@ -450,6 +451,7 @@ def plugin_problems(cfg: Config) -> list[str]:
         ("filter.consistency_reward", REWARDS, cfg.filter.consistency_reward or None, None, None),
         ("data.preprocess", PREPROCESSORS, cfg.data.preprocess or None, None, None),
         ("data.sampler", SAMPLERS, cfg.data.sampler, None, None),
+        ("filter.rule", FILTER_RULES, cfg.filter.rule, None, None),
         ("rollout.engine", ENGINES, cfg.rollout.engine, None, None),
         ("actor.strategy", STRATEGIES, cfg.actor.strategy, None, None),
     ]

@@ -10,7 +10,7 @@ from .advantages import ADVANTAGES
 from .aggregation import AGGREGATIONS, aggregate
 from .bpo import auto_think_share, mode_metrics
 from .dpo import build_preference_pairs, dpo_loss, dpo_nll_loss
-from .filters import mthinker_rejection_filter
+from .filters import FILTER_RULES, mthinker_rejection_filter
 from .kl import KL_ESTIMATORS
 from .policy_loss import POLICY_LOSSES
 from .token_ops import (
@@ -42,6 +42,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "AGGREGATIONS",
     "WEIGHTING_RULES",
+    "FILTER_RULES",
     "TaskWeighter",
     "get_advantage",
     "get_policy_loss",

@@ -7,7 +7,13 @@ sampling drops them after rollout (`RolloutCollector.collect`, `Rollouts.varied_
 
 from __future__ import annotations
 
+from plugins.registry import Registry
 
+# fn(passed: per prompt, per sample whether it passed) -> indices of the prompts to keep (`filter.rule`).
+FILTER_RULES = Registry("filter rule", args=1)
+
+
+@FILTER_RULES.register("mthinker")
 def mthinker_rejection_filter(correct_and_consistent: list[list[bool]]) -> list[int]:
     """Indices of queries whose n sampled answers are neither all good nor all bad.
 

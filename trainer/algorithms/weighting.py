@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from plugins.registry import Plugin, Registry
+import numpy as np
+
+from plugins.registry import Registry
 
 # fn(group_accuracy, **params) -> weight; params from reward.weighting.params.
 WEIGHTING_RULES = Registry("weighting rule", args=1)
@@ -129,7 +131,7 @@ class TaskWeighter:
         else:
             by_task = self.task_weights()
             weights = [by_task.get(t, 1.0) for t in tasks]
-        metrics = {"weighting/mean": float(sum(weights) / len(weights))}
+        metrics = {"weighting/mean": float(np.mean(weights))}
         metrics.update({f"weighting/task/{t}": w for t, w in self.task_weights().items()})
         return advantages * advantages.new_tensor(weights), metrics
 

@@ -54,7 +54,9 @@ def dpo_stage(trainer, stage_dir: Path, used_ids: set[str]) -> StageOutput:
     """Sample pairs from the starting policy, train DPO+NLL against it as the frozen reference."""
     cfg = trainer.cfg
     trainer.start_workers(trainer.base_model_path)
-    reference = trainer.workers.start_reference(trainer.base_model_path)
+    # The starting policy is the frozen reference: with a KL term the run already has one from it.
+    own_reference = trainer.workers.reference is None
+    reference = trainer.workers.start_reference(trainer.base_model_path) if own_reference else trainer.workers.reference
     try:
         before = trainer.evaluate()
         chosen_all, rejected_all = build_pairs(trainer)
@@ -72,7 +74,8 @@ def dpo_stage(trainer, stage_dir: Path, used_ids: set[str]) -> StageOutput:
         trainer.workers.sync_weights()
         after = trainer.evaluate()
     finally:
-        reference.shutdown()
+        if own_reference:
+            reference.shutdown()
     last = history[-10:]
     summary = {
         "pairs": len(chosen_all), "steps": cfg.dpo.steps, "eval_before": before, "eval_after": after,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data.sources import save_jsonl
 from rewards.cross_lingual import attach_english_references, build_english_references
-from trainer.algorithms.filters import mthinker_rejection_filter
+from trainer.algorithms.filters import FILTER_RULES
 from trainer.rollout.sampling import SamplingSpec
 from trainer.stages import STAGES, StageOutput
 
@@ -19,8 +19,6 @@ def filter_stage(trainer, out_dir: Path, used_ids: set[str]) -> StageOutput:
     """Keep prompts by `filter.rule`, skipping those an earlier filter stage already kept (`used_ids`);
     writes the kept prompts and the held-out set to `out_dir` for the next stages."""
     cfg, f = trainer.cfg, trainer.cfg.filter
-    if f.rule != "mthinker":
-        raise ValueError(f"filter.rule={f.rule!r}: available: mthinker")
     trainer.start_workers(trainer.base_model_path)
     samples = [s for s in trainer.train_samples if s.id is None or s.id not in used_ids]
     excluded = len(trainer.train_samples) - len(samples)
@@ -41,7 +39,7 @@ def filter_stage(trainer, out_dir: Path, used_ids: set[str]) -> StageOutput:
         rollout_samples += owners
         rollout_texts += [r.text for r in items]
         rollout_correct += [r.correct for r in items]
-    kept = [samples[i] for i in mthinker_rejection_filter(passed)]
+    kept = [samples[i] for i in FILTER_RULES.get(f.rule)(passed)]
     summary = {
         "prompts": len(samples), "kept": len(kept), "excluded": excluded,
         "pass_rate": sum(map(sum, passed)) / max(1, sum(map(len, passed))),

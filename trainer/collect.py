@@ -35,8 +35,9 @@ class RolloutCollector:
         prefix = self.cfg.rollout.mode_prefixes[mode] if mode else ""
         prefix_ids = self.prompts.text_ids(prefix)
         prompt_ids = [self.prompts.ids(s) + prefix_ids for s in samples]
-        completions = self.workers.generate(prompt_ids, spec, first_index, media=self.prompts.media_of(samples))
-        out = Rollouts(samples=samples)
+        media = self.prompts.media_of(samples)
+        completions = self.workers.generate(prompt_ids, spec, first_index, media=media)
+        out = Rollouts(samples=samples, media=media)
         for c in completions:
             group = c.prompt_index - first_index
             text = self.prompts.response_text(samples[group], c, prefix)

@@ -147,7 +147,7 @@ class Trainer:
         metrics["batch/kept_completions"] = float(len(keep))
         if keep:
             kept = [rollouts.items[i] for i in keep]
-            media = self.prompts.media_of(rollouts.samples)  # once per prompt, not once per completion
+            media = rollouts.media  # the images generation saw, processed once per prompt
             batch = TrainBatch.from_sequences(
                 [r.prompt_ids for r in kept], [r.completion.token_ids for r in kept], self.pad_id,
                 [r.completion.loss_mask for r in kept],

@@ -102,7 +102,7 @@ def dialogues(prompts: PromptRenderer, workers: WorkerCluster, simulator: Patien
             t.add(tokens, policy=True, logprobs=logprobs)
             t.turns.append(chat.decode(c.token_ids))
             t.finished = c.finished
-    out = Rollouts(samples=samples)
+    out = Rollouts(samples=samples, media=media)
     for t in trajectories:
         completion = Completion(prompt_index=t.group, token_ids=t.tokens, logprobs=t.logprobs, finished=t.finished,
                                 loss_mask=t.mask)

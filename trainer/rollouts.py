@@ -37,6 +37,8 @@ class Rollouts:
     "Reward calls that timed out or raised, by `reward/timeout|error`."
     seconds: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
     "Wall time spent generating and scoring these rollouts (summed over dynamic-sampling rounds)."
+    media: list | None = None
+    "Per prompt, the processed images generation saw (None when no prompt has any); training reuses them."
 
     def owners(self) -> list[Sample]:
         """Per completion, the sample it answers."""
@@ -76,11 +78,14 @@ class Rollouts:
         """The listed groups only, renumbered 0..len(groups)-1 in the given order."""
         renumber = {g: i for i, g in enumerate(groups)}
         items = [replace(r, group=renumber[g]) for g in groups for r in self.items if r.group == g]
-        return Rollouts([self.samples[g] for g in groups], items, dict(self.failures), dict(self.seconds))
+        media = None if self.media is None else [self.media[g] for g in groups]
+        return Rollouts([self.samples[g] for g in groups], items, dict(self.failures), dict(self.seconds), media)
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":
         out = Rollouts(samples=[])
+        if any(part.media is not None for part in parts):
+            out.media = [m for part in parts for m in (part.media or [None] * len(part.samples))]
         for part in parts:
             offset = len(out.samples)
             out.samples += part.samples

@@ -19,7 +19,8 @@ class WorkerCluster:
         self.reference: WorkerGroup | None = None
         self.max_len: int | None = None  # the rollout engines' context, set by start()
         self.placement = None  # role -> placement-group seats, once Ray is up
-        self.weight_layout = None  # tensor layout of the actor->rollout broadcast (rollout.weight_sync=collective)
+        self.weight_layout = None  # tensor layout of the actor->rollout weights (collective, shared_memory)
+        self.sync_path: str | None = None  # rollout.weight_sync, with auto resolved, from start()
         res = cfg.resources
         # Colocated on GPUs, the rollout engine frees its memory while the actor trains.
         self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
@@ -64,8 +65,11 @@ class WorkerCluster:
                 "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
                if cfg.rollout.engine == "vllm" else {}),
         )
-        if cfg.rollout.weight_sync == "collective":
+        self.sync_path = self._sync_path()
+        if self.sync_path == "collective":
             self._open_weight_sync()
+        elif self.sync_path == "shared_memory":
+            self._open_shared_weights()
         if cfg.algorithm.kl_coef > 0:
             self.reference = self.start_reference(policy_path)
 
@@ -78,7 +82,7 @@ class WorkerCluster:
             "reference", ReferenceWorker, cfg.resources.reference, use_ray=self.use_ray, slots=self._slots("reference"),
             model_path=model_path, dtype=cfg.model.dtype, micro_batch_size=cfg.actor.micro_batch_size,
             threads=cfg.actor.threads, max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
-            logits_chunk_size=cfg.actor.logits_chunk_size,
+            logits_chunk_size=cfg.actor.logits_chunk_size, share_prompt_forward=cfg.actor.share_prompt_forward,
         )
 
     def _init_ray(self) -> None:
@@ -120,6 +124,35 @@ class WorkerCluster:
         if self.rollout_sleeps:
             self.rollout.call("sleep")
 
+    def _sync_path(self) -> str:
+        """rollout.weight_sync, with `auto` resolved: in-process engines take the weights as they are;
+        Ray workers on one CPU host share memory; otherwise a gloo/NCCL broadcast."""
+        chosen = self.cfg.rollout.weight_sync
+        if chosen != "auto":
+            return chosen
+        res = self.cfg.resources
+        if not self.use_ray:
+            return "object_store"  # no Ray: the engine gets the actor's tensors in this process
+        if res.actor.num_gpus > 0 or res.rollout.num_gpus > 0:
+            return "collective"
+        from trainer.rollout.weight_sync import layout_bytes, shared_memory_room
+
+        hosts = {self.actor.call_one(0, "host"), *self.rollout.call("host")}
+        layout = self.actor.call("weight_layout")[0]
+        return "shared_memory" if len(hosts) == 1 and shared_memory_room(layout_bytes(layout)) else "collective"
+
+    def _open_shared_weights(self) -> None:
+        """Actor rank 0 creates the buffers, the engines map them, then their names go: the memory is
+        freed when the last process holding it ends (rollout.weight_sync=shared_memory)."""
+        import uuid
+
+        prefix = f"/dev/shm/reasoning-rl-weights-{uuid.uuid4().hex[:12]}"
+        self.weight_layout = self.actor.call("open_shared_weights", prefix)[0]
+        try:
+            self.rollout.call("open_shared_weights", self.weight_layout, prefix)
+        finally:
+            self.actor.call("unlink_shared_weights")
+
     def _open_weight_sync(self) -> None:
         """Actor rank 0 and the rollout engines join one broadcast group (rollout.weight_sync=collective)."""
         host, port = self.actor.call_one(0, "rendezvous_address")
@@ -133,7 +166,11 @@ class WorkerCluster:
         """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
         if self.rollout_sleeps:
             self.rollout.call("wake_up")
-        if self.weight_layout is not None:
+        if self.sync_path == "shared_memory":
+            self.actor.call("write_shared_weights")
+            self.rollout.call("load_shared_weights")
+            return
+        if self.sync_path == "collective":
             sent = self.actor.call_async("broadcast_weights")
             received = self.rollout.call_async("receive_weights", self.weight_layout)
             self.actor.wait(sent, "broadcast_weights")
@@ -141,6 +178,12 @@ class WorkerCluster:
             return
         weights = self.actor.call_async("weights")[0]
         self.rollout.call("load_weights", weights)
+
+    def weight_bytes(self) -> int:
+        """Bytes one weight sync moves to each engine."""
+        from trainer.rollout.weight_sync import layout_bytes
+
+        return layout_bytes(self.weight_layout or self.actor.call("weight_layout")[0])
 
     # ----- save and close -----------------------------------------------------------------------
     def save_model(self, out_dir: Path, tokenizer_or_processor) -> Path:

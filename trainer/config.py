@@ -147,8 +147,11 @@ class RolloutConfig:
     "Generation limit for greedy evaluation."
     kv_cache_gib: int = 1
     "vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
-    weight_sync: str = "object_store"
-    "How new weights reach the engines: object_store (Ray, in memory) or collective (a gloo/NCCL broadcast from actor rank 0)."
+    weight_sync: str = "auto"
+    """How new weights reach the engines: shared_memory (actor rank 0 writes /dev/shm buffers the engines load
+    from, one host), collective (a gloo/NCCL broadcast from actor rank 0), object_store (through Ray's object
+    store). auto: shared_memory for Ray workers on one CPU host with room in /dev/shm, collective otherwise
+    (GPUs, several hosts); without Ray the engine takes the actor's tensors in-process."""
     gpu_memory_utilization: float = 0.5
     "vLLM GPU: share of GPU memory for weights and KV cache."
     max_num_seqs: int = 256
@@ -196,6 +199,10 @@ class AlgorithmConfig:
     "DAPO: drop zero-variance groups and sample more prompts until the batch is full."
     dynamic_sampling_max_rounds: int = 4
     "Rollout rounds per step at most before training on what was kept."
+    old_logprobs: str = "auto"
+    """auto: when the update makes one optimiser step on the batch (actor.epochs 1, one mini-batch), the weights
+    that generated it are the weights being updated, so the ratio's denominator is the update's own forward,
+    detached (no separate pass, as TRL and verl do); more steps recompute them first. recompute: always."""
 
 
 @dataclass
@@ -227,6 +234,11 @@ class ActorConfig:
     """Token budget per forward/backward instead of a fixed micro_batch_size (which it then overrides):
     rows of similar length are grouped so rows x longest row stays within it (a longer row goes alone).
     Memory only, like micro_batch_size; also splits log_probs and the reference's."""
+    share_prompt_forward: bool = True
+    """Log-probs and the update run each distinct prompt of a micro-batch once and continue its n responses
+    from the cached keys and values (gradients summed through the cache), instead of n full rows: about
+    (n-1)/n of the prompt's compute saved. Text batches only; off with gradient checkpointing (no cache
+    there) and with DeepSpeed."""
     logits_chunk_size: int = 1024
     """Log-probs and entropy apply the LM head only where it predicts response tokens, this many tokens
     at a time (float32 [chunk, vocab] logits, recomputed in backward), never [B, T, vocab] at once.
@@ -537,10 +549,14 @@ def _validate_fields(cfg: Config) -> None:
             f"resources.actor.count={cfg.resources.actor.count}: the torch strategy trains on one worker; "
             "data parallel needs actor.strategy=fsdp2 or deepspeed"
         )
-    if cfg.rollout.weight_sync not in ("object_store", "collective"):
-        raise ValueError(f"rollout.weight_sync={cfg.rollout.weight_sync!r}: expected object_store or collective")
-    if cfg.rollout.weight_sync == "collective" and not cfg.engine.ray:
-        raise ValueError("rollout.weight_sync=collective needs engine.ray=true: the broadcast runs between worker processes")
+    if cfg.algorithm.old_logprobs not in ("auto", "recompute"):
+        raise ValueError(f"algorithm.old_logprobs={cfg.algorithm.old_logprobs!r}: expected auto or recompute")
+    if cfg.rollout.weight_sync not in ("auto", "shared_memory", "collective", "object_store"):
+        raise ValueError(f"rollout.weight_sync={cfg.rollout.weight_sync!r}: expected auto, shared_memory, collective "
+                         "or object_store")
+    if cfg.rollout.weight_sync in ("collective", "shared_memory") and not cfg.engine.ray:
+        raise ValueError(f"rollout.weight_sync={cfg.rollout.weight_sync} needs engine.ray=true: it runs between "
+                         "worker processes")
     if cfg.resources.placement not in ("split", "colocate", "none"):
         raise ValueError(f"resources.placement={cfg.resources.placement!r}: expected split, colocate or none")
     tp, rollout_res = cfg.rollout.tensor_parallel_size, cfg.resources.rollout

@@ -159,11 +159,15 @@ class Trainer:
             temperature = cfg.rollout.temperature
 
             workers.sleep_rollout()
-            clock = time.time()
-            batch.old_logprobs = workers.actor.call("log_probs", batch, temperature)[0]
-            timings["old_logprobs"] = time.time() - clock
-            mask = batch.response_mask
-            metrics["logp_mismatch"] = float(((batch.rollout_logprobs - batch.old_logprobs).abs() * mask).sum() / mask.sum())
+            if one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto":
+                batch.old_logprobs = None  # on-policy: the update's own forward, detached
+            else:
+                clock = time.time()
+                batch.old_logprobs = workers.actor.call("log_probs", batch, temperature)[0]
+                timings["old_logprobs"] = time.time() - clock
+                mask = batch.response_mask
+                metrics["logp_mismatch"] = float(((batch.rollout_logprobs - batch.old_logprobs).abs() * mask).sum()
+                                                 / mask.sum())
             if workers.reference is not None:
                 clock = time.time()
                 batch.ref_logprobs = workers.reference.call("log_probs", batch, temperature)[0]
@@ -172,6 +176,8 @@ class Trainer:
             clock = time.time()
             update_metrics = workers.actor.call("update", batch, temperature)[0]
             timings["update"] = time.time() - clock
+            if "logp_mismatch" in update_metrics:  # measured by the update when it made the old log-probs
+                metrics["logp_mismatch"] = update_metrics.pop("logp_mismatch")
             metrics.update({f"actor/{k}": v for k, v in update_metrics.items()})
             metrics["throughput/update_tokens_per_s"] = float(batch.attention_mask.sum()) / timings["update"]
 
@@ -271,6 +277,11 @@ class Trainer:
         self.scorer.close()
         self.tracker.finish()
         self.workers.close()
+
+
+def one_optimizer_step(cfg: Config, batch_size: int) -> bool:
+    """Whether the actor's update makes a single optimiser step on a batch of this size."""
+    return cfg.actor.epochs == 1 and batch_size <= cfg.actor.mini_batch_size
 
 
 def rollout_metrics(rollouts: Rollouts, rewards: torch.Tensor, modes: bool) -> dict[str, float]:

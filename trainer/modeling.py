@@ -97,9 +97,46 @@ def chunked_head_calls(batch: TrainBatch, chunk_size: int) -> int:
     return -(-int(_computed_columns(batch).sum()) // chunk_size) if chunk_size > 0 else 0
 
 
+def shares_prompts(batch: TrainBatch) -> bool:
+    """Whether the prompt-once forward applies: text rows, every prompt at least two tokens long."""
+    return batch.media is None and int(batch.prompt_lens.min()) >= 2
+
+
+def _prompt_cache_inputs(model, batch: TrainBatch, device) -> dict:
+    """Run each distinct prompt (all but its last token) through `model` once and return the forward
+    keywords for the rest of every row: its last prompt token and its response, attending to the prompt's
+    cached keys and values, picked per row. GRPO's n completions per prompt then cost one prompt forward,
+    not n; gradients reach the prompt's activations through the cache, summed over its rows."""
+    from transformers import DynamicCache
+
+    prompt_lens = batch.prompt_lens.tolist()
+    prompts = [tuple(batch.input_ids[row, :n].tolist()) for row, n in enumerate(prompt_lens)]
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    width = max(len(p) for p in distinct) - 1
+    prefix = torch.zeros((len(distinct), width), dtype=torch.long)
+    prefix_mask = torch.zeros_like(prefix)
+    for prompt, i in distinct.items():
+        prefix[i, : len(prompt) - 1] = torch.tensor(prompt[:-1])
+        prefix_mask[i, : len(prompt) - 1] = 1
+    hf_model = getattr(model, "module", model)
+    cache = DynamicCache(config=hf_model.config)
+    model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
+          position_ids=torch.arange(width).expand(len(distinct), width).to(device),
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_select_indices(torch.tensor([distinct[p] for p in prompts], device=device))
+    # Each row goes on from its last prompt token, at its own positions.
+    lens = batch.prompt_lens.unsqueeze(1)
+    columns = lens - 1 + torch.arange(batch.response_mask.shape[1] + 1).unsqueeze(0)
+    rest = batch.input_ids.gather(1, columns.clamp(max=batch.input_ids.shape[1] - 1))
+    rest_mask = (columns < lens + batch.response_lens.unsqueeze(1)).long()
+    rows = torch.tensor([distinct[p] for p in prompts])
+    return {"input_ids": rest.to(device), "attention_mask": torch.cat([prefix_mask[rows], rest_mask], 1).to(device),
+            "position_ids": columns.to(device), "past_key_values": cache, "use_cache": True}
+
+
 def response_logprobs(
     model, batch: TrainBatch, temperature: float, *, with_entropy: bool = False, chunk_size: int = 0,
-    min_chunks: int = 0,
+    min_chunks: int = 0, share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, R] of each response token (and entropy of each position's distribution); 0 past a
     row's response.
@@ -110,15 +147,21 @@ def response_logprobs(
     forward or backward. The whole model still runs through its own forward (the head is swapped for
     the call), so FSDP2's and DeepSpeed's hooks and a VL model's image inputs work unchanged.
     min_chunks: call the head at least this often (data-parallel ranks must agree under ZeRO-3).
+    share_prompts: each distinct prompt runs once and its rows continue from its cached keys and values
+    (two forward calls, whatever the batch holds, so sharded ranks stay in step); needs shares_prompts(batch).
     """
     if chunk_size < 0:
         raise ValueError(f"actor.logits_chunk_size={chunk_size} must be >= 0 (0 = the plain path)")
     device = next(model.parameters()).device
-    input_ids = batch.input_ids.to(device)
-    extra = forward_inputs(model, batch.input_ids, batch.media, device)
-    # Position t predicts token t+1: the positions that predict response tokens.
-    positions = batch.response_positions().to(device) - 1
-    labels = input_ids.gather(1, positions + 1)
+    # Labels: the response tokens. Positions: where the forward's hidden states predict them.
+    labels = batch.input_ids.to(device).gather(1, batch.response_positions().to(device))
+    if share_prompts:
+        inputs = _prompt_cache_inputs(model, batch, device)
+        positions = torch.arange(labels.shape[1], device=device).expand_as(labels)  # column 0: last prompt token
+    else:
+        inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device),
+                  **forward_inputs(model, batch.input_ids, batch.media, device)}
+        positions = batch.response_positions().to(device) - 1  # position t predicts token t+1
     columns = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
     in_response = (columns < batch.response_lens.unsqueeze(1)).to(device)
     computed = _computed_columns(batch).to(device)
@@ -131,12 +174,12 @@ def response_logprobs(
             with_entropy=with_entropy, min_chunks=min_chunks,
         ))
         try:
-            stats = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
+            stats = model(**inputs).logits
         finally:
             hf_model.set_output_embeddings(head)
         logp, entropy = stats[..., 0], (stats[..., 1] if with_entropy else None)
     else:
-        logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), **extra).logits
+        logits = model(**inputs).logits
         vocab = logits.shape[-1]
         logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab))
         if temperature > 0:

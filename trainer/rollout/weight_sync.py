@@ -1,15 +1,22 @@
-"""Actor -> rollout weight sync over a collective group, without Ray's object store or disk.
+"""Actor -> rollout weight sync without Ray's object store or disk.
 
-Actor rank 0 and every rollout engine form their own small process group (gloo on CPU, NCCL
-on GPU), separate from the actor's data-parallel group. Each sync, rank 0 packs the full
-weights into one flat buffer per dtype and broadcasts it; each engine unpacks views by the
-names and shapes it was given when the group opened, and loads them in place.
+shared_memory (one host): actor rank 0 and every engine map the same files in /dev/shm, one flat
+buffer per dtype. Each sync, rank 0 copies its weights into the buffer (one copy) and each engine
+loads straight from views of it (no copy, no serialisation, no socket).
+
+collective (across hosts, and GPUs): actor rank 0 and every rollout engine form their own small
+process group (gloo on CPU, NCCL on GPU), separate from the actor's data-parallel group. Each sync,
+rank 0 packs the full weights into one flat buffer per dtype and broadcasts it; each engine unpacks
+views by the names and shapes it was given when the group opened, and loads them in place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,8 +29,9 @@ class TensorMeta:
     dtype: torch.dtype
 
 
-def describe(state: dict[str, torch.Tensor]) -> list[TensorMeta]:
-    return [TensorMeta(name, tuple(t.shape), t.dtype) for name, t in state.items()]
+def describe(named_tensors) -> list[TensorMeta]:
+    """The layout of (name, tensor) pairs, e.g. a state dict's items()."""
+    return [TensorMeta(name, tuple(t.shape), t.dtype) for name, t in named_tensors]
 
 
 class SyncGroup:
@@ -59,3 +67,44 @@ class SyncGroup:
             for meta, part in zip(group, flat.split(sizes)):
                 out[meta.name] = part.view(meta.shape)
         return out
+
+
+def layout_bytes(metas: list[TensorMeta]) -> int:
+    return sum(int(torch.Size(m.shape).numel()) * m.dtype.itemsize for m in metas)
+
+
+class SharedWeights:
+    """Views by name into flat buffers in shared memory, one file per dtype under `prefix`.
+
+    The sender creates the files; receivers map them. Once every side has mapped them, `unlink` removes
+    the names: the memory lives as long as a mapping does, so nothing is left behind if a process dies."""
+
+    def __init__(self, metas: list[TensorMeta], prefix: str, create: bool):
+        self.paths, self.views = [], {}
+        for dtype in dict.fromkeys(m.dtype for m in metas):
+            group = [m for m in metas if m.dtype == dtype]
+            sizes = [int(torch.Size(m.shape).numel()) for m in group]
+            path = f"{prefix}-{str(dtype).removeprefix('torch.')}"
+            if create:
+                Path(path).write_bytes(b"")
+                os.truncate(path, sum(sizes) * dtype.itemsize)
+            flat = torch.from_file(path, shared=True, size=sum(sizes), dtype=dtype)
+            self.paths.append(path)
+            for meta, part in zip(group, flat.split(sizes)):
+                self.views[meta.name] = part.view(meta.shape)
+
+    def write_one(self, name: str, tensor: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.views[name].copy_(tensor)
+
+    def unlink(self) -> None:
+        for path in self.paths:
+            Path(path).unlink(missing_ok=True)
+
+
+def shared_memory_room(nbytes: int, folder: str = "/dev/shm") -> bool:
+    """Whether `folder` is a memory file system with room for `nbytes` more (and a margin)."""
+    if not os.path.isdir(folder):
+        return False
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize > nbytes * 1.1 + (64 << 20)

@@ -24,6 +24,9 @@ class TrainingStrategy(Protocol):
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded CPU weights (what the rollout engine loads)."""
 
+    def full_weights(self):
+        """(name, unsharded tensor) pairs, gathered one at a time where the strategy can."""
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
@@ -35,10 +38,12 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
     )
 
 
-def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float, betas) -> torch.optim.AdamW:
+def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, fused: bool = False) -> torch.optim.AdamW:
+    """`fused`: one kernel over all parameters (5x faster than foreach for SmolLM2-135M on CPU); for plain
+    tensors, not the sharded ones of FSDP2 / DeepSpeed."""
     # Frozen parameters (actor.freeze) stay out of the optimiser, so they stay bit-identical.
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused or None)
 
 
 class TorchStrategy:
@@ -46,9 +51,10 @@ class TorchStrategy:
 
     world_size = 1
 
-    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int):
+    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
+                 fused: bool = True):
         self.model = model
-        self.optimizer = adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.optimizer = adamw(model, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused)
         self.scheduler = warmup_schedule(self.optimizer, warmup_steps)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -65,14 +71,15 @@ class TorchStrategy:
         self.scheduler.step()
         return float(grad_norm)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights; with sharded parameters (FSDP2) a collective every rank must call."""
-        state = {}
+    def full_weights(self):
+        """(name, unsharded tensor) pairs on the parameters' device, gathered one at a time and not
+        copied: read each before taking the next. With FSDP2 a collective every rank must run through."""
         for key, value in self.model.state_dict().items():
-            if hasattr(value, "full_tensor"):
-                value = value.full_tensor()
-            state[key] = value.detach().to("cpu", copy=True)
-        return state
+            yield key, (value.full_tensor() if hasattr(value, "full_tensor") else value).detach()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded CPU weights, copied; with sharded parameters (FSDP2) a collective every rank must call."""
+        return {key: value.to("cpu", copy=True) for key, value in self.full_weights()}
 
     def state_dict(self) -> dict:
         return {

@@ -85,6 +85,9 @@ class DeepSpeedStrategy:
         with gathered:
             return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
+    def full_weights(self):
+        return iter(self.full_state_dict().items())
+
     def state_dict(self) -> dict:
         """This rank's DeepSpeed checkpoint files, as bytes. Collective."""
         with tempfile.TemporaryDirectory(prefix="ds-ckpt-") as tmp:

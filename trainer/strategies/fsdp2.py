@@ -46,7 +46,8 @@ class FSDP2Strategy(TorchStrategy):
         for layer in _decoder_layers(model):
             fully_shard(layer, **options)
         fully_shard(model, **options)
-        super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps)
+        super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         fused=False)
         self.world_size = dist.get_world_size()
 
     def state_dict(self) -> dict:

@@ -12,8 +12,9 @@ from trainer.algorithms.dpo import dpo_nll_loss
 from trainer.algorithms.policy_loss import CLIP_PARAMS
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig, AlgorithmConfig
+from trainer.strategies.base import adamw
 from trainer.strategies.factory import make_strategy
-from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs
+from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs, shares_prompts
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
@@ -86,18 +87,27 @@ class ActorWorker:
     def logits_chunk_size(self) -> int:
         return int(self.cfg.logits_chunk_size or 0)
 
+    def share_prompts(self, batch: TrainBatch) -> bool:
+        """The prompt-once forward (actor.share_prompt_forward), decided on a batch every rank holds whole."""
+        cfg = self.cfg
+        return (cfg.share_prompt_forward and not cfg.gradient_checkpointing and cfg.strategy != "deepspeed"
+                and shares_prompts(batch))
+
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
         # Every rank computes the whole batch (same plan, so sharded forwards stay in step).
         out = torch.zeros(batch.response_mask.shape)
+        share = self.share_prompts(batch)
         for rows in self._micro_batches(batch, world_size=1)[0]:
             logp, _ = response_logprobs(self.forward_model, batch.select(rows), temperature,
-                                        chunk_size=self.logits_chunk_size)
+                                        chunk_size=self.logits_chunk_size, share_prompts=share)
             out[rows, : logp.shape[1]] = logp.cpu()
         return out
 
     def update(self, batch: TrainBatch, temperature: float) -> dict[str, float]:
-        """PPO-style update over mini-batches; returns token-weighted metric means."""
+        """PPO-style update over mini-batches; returns token-weighted metric means. Without
+        `batch.old_logprobs` the update must make one optimiser step: its forward gives them (detached),
+        and `logp_mismatch` (mean |rollout - actor| log-prob per token) is measured on the way."""
         algo, cfg = self.algo, self.cfg
         policy_loss = get_policy_loss(algo.policy_loss)
         # The clip range goes to the losses that take it; the rest are the loss's own hyperparameters.
@@ -106,6 +116,8 @@ class ActorWorker:
         loss_params.update(algo.policy_loss_params or {})
         kl_fn = get_kl(algo.kl_estimator) if algo.kl_coef > 0 else None
         mini = min(cfg.mini_batch_size, len(batch))
+        if batch.old_logprobs is None and (cfg.epochs > 1 or mini < len(batch)):
+            raise ValueError("an update of several optimiser steps needs the batch's old log-probs")
         generator = torch.Generator().manual_seed(self.seed + self.updates)
         sums: dict[str, float] = defaultdict(float)
         tokens_seen, grad_norms = 0.0, []
@@ -121,6 +133,7 @@ class ActorWorker:
                 # Each rank takes a contiguous shard; all ranks run the same number of micro-batches
                 # (sharded strategies communicate in every backward), padding with zero-weight ones.
                 plans = self._micro_batches(mini_batch, self.world_size)
+                share = self.share_prompts(mini_batch)
                 # ZeRO-3 gathers the LM head's weight at each chunked head call: every rank makes as many
                 # as the rank with the most response tokens in that micro-batch.
                 head_calls = [max(chunked_head_calls(mini_batch.select(plan[i] or [0]), self.logits_chunk_size)
@@ -131,9 +144,15 @@ class ActorWorker:
                     micro = mini_batch.select(rows or [0]).to(self.device)
                     mask = micro.response_mask
                     logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True,
-                                                      chunk_size=self.logits_chunk_size, min_chunks=min_chunks)
-                    token_loss, loss_metrics = policy_loss(logp, micro.old_logprobs, micro.advantages, mask,
-                                                           **loss_params)
+                                                      chunk_size=self.logits_chunk_size, min_chunks=min_chunks,
+                                                      share_prompts=share)
+                    old_logp = micro.old_logprobs
+                    if old_logp is None:  # one optimiser step: the weights that generated the batch (ratio 1)
+                        old_logp = logp.detach()
+                        if micro.rollout_logprobs is not None:
+                            gap = (micro.rollout_logprobs - old_logp).abs() * mask
+                            sums["logp_mismatch"] += float(gap.sum()) * weight
+                    token_loss, loss_metrics = policy_loss(logp, old_logp, micro.advantages, mask, **loss_params)
                     loss = aggregate(token_loss, mask, algo.loss_agg, **totals)
                     n_tok = float(mask.sum()) * weight
                     if kl_fn is not None:
@@ -176,7 +195,7 @@ class ActorWorker:
         strategies give the single-worker result."""
         if self.cfg.strategy == "torch":
             trainable = [p for p in self.model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+            optimizer = adamw(self.model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=True)
 
             def backward_and_step(loss: torch.Tensor) -> None:
                 loss.backward()
@@ -233,11 +252,42 @@ class ActorWorker:
         state = self.strategy.full_state_dict()
         return state if self.rank == 0 else None
 
+    def weight_layout(self) -> list:
+        """Names, shapes and dtypes of the weights a sync sends (collective for sharded strategies)."""
+        from trainer.rollout.weight_sync import describe
+
+        return describe(self.strategy.full_weights())
+
+    def open_shared_weights(self, prefix: str) -> list:
+        """Rank 0 creates the shared-memory buffers the engines read (rollout.weight_sync=shared_memory);
+        returns their layout."""
+        from trainer.rollout.weight_sync import SharedWeights
+
+        layout = self.weight_layout()  # collective for sharded strategies
+        if self.rank == 0:
+            self.shared_weights = SharedWeights(layout, prefix, create=True)
+        return layout
+
+    def write_shared_weights(self) -> None:
+        """Every rank gathers (sharded strategies need all); rank 0 copies into shared memory."""
+        for name, tensor in self.strategy.full_weights():
+            if self.rank == 0:
+                self.shared_weights.write_one(name, tensor)
+
+    def unlink_shared_weights(self) -> None:
+        if self.rank == 0:
+            self.shared_weights.unlink()
+
+    def host(self) -> str:
+        import socket
+
+        return socket.gethostname()
+
     def open_weight_sync(self, host: str, port: int, world_size: int) -> list:
         """Rank 0 joins the actor->rollout sync group as its sender; returns the tensor layout to send."""
         from trainer.rollout.weight_sync import SyncGroup, describe
 
-        layout = describe(self.strategy.full_state_dict())  # collective for sharded strategies
+        layout = self.weight_layout()  # collective for sharded strategies
         if self.rank == 0:
             self.sync_group = SyncGroup(host, port, rank=0, world_size=world_size)
         return layout

@@ -6,29 +6,34 @@ import torch
 
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig
-from trainer.modeling import load_causal_lm, response_logprobs
+from trainer.modeling import load_causal_lm, response_logprobs, shares_prompts
 
 
 class ReferenceWorker:
-    """Micro-batches and the LM-head chunking follow the actor's settings (actor.micro_batch_size,
-    actor.max_tokens_per_micro_batch, actor.logits_chunk_size)."""
+    """Micro-batches, the LM-head chunking and the prompt-once forward follow the actor's settings
+    (actor.micro_batch_size, actor.max_tokens_per_micro_batch, actor.logits_chunk_size,
+    actor.share_prompt_forward)."""
 
     def __init__(self, model_path: str, *, dtype: str, micro_batch_size: int, threads: int,
                  max_tokens_per_micro_batch: int | None = None,
-                 logits_chunk_size: int = ActorConfig.logits_chunk_size):
+                 logits_chunk_size: int = ActorConfig.logits_chunk_size,
+                 share_prompt_forward: bool = ActorConfig.share_prompt_forward):
         torch.set_num_threads(threads)
         self.model = load_causal_lm(model_path, dtype).eval()
         self.model.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.max_tokens = max_tokens_per_micro_batch
         self.logits_chunk_size = logits_chunk_size
+        self.share_prompt_forward = share_prompt_forward
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
         out = torch.zeros(batch.response_mask.shape)
         plan = plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.micro_batch_size,
                                   max_tokens=self.max_tokens)[0]
+        share = self.share_prompt_forward and shares_prompts(batch)
         for rows in plan:
-            logp, _ = response_logprobs(self.model, batch.select(rows), temperature, chunk_size=self.logits_chunk_size)
+            logp, _ = response_logprobs(self.model, batch.select(rows), temperature, chunk_size=self.logits_chunk_size,
+                                        share_prompts=share)
             out[rows, : logp.shape[1]] = logp.cpu()
         return out

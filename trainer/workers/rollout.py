@@ -37,6 +37,20 @@ class RolloutWorker:
         """Receive the actor's broadcast and load it in place."""
         self.engine.load_weights(self.sync_group.receive(layout))
 
+    def open_shared_weights(self, layout: list, prefix: str) -> None:
+        from trainer.rollout.weight_sync import SharedWeights
+
+        self.shared_weights = SharedWeights(layout, prefix, create=False)
+
+    def load_shared_weights(self) -> None:
+        """Load the weights the actor just wrote into shared memory, in place."""
+        self.engine.load_weights(self.shared_weights.views)
+
+    def host(self) -> str:
+        import socket
+
+        return socket.gethostname()
+
     def sleep(self) -> None:
         """Free the engine's GPU memory while the actor trains (colocated placement)."""
         self.engine.sleep()

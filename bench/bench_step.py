@@ -1,0 +1,165 @@
+"""One RL step, phase by phase, on the two benchmark settings; start-up to the first step too.
+
+    python bench/bench_step.py --setting tiny      [--steps 12] [--warmup 2] [key=value ...]
+    python bench/bench_step.py --setting smollm2   [--steps 12] [--warmup 2] [key=value ...]
+    python bench/bench_step.py --setting tiny --plain     # the same work in a plain single-process HF loop
+
+Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULTS.md's TRL comparison):
+  tiny     the quickstart's embedded Qwen2, 16 prompts x 8 completions x <= 48 new tokens
+  smollm2  SmolLM2-135M-Instruct (model.path=smollm2), 4 prompts x 4 x <= 32 new tokens
+Extra key=value arguments are config overrides (e.g. rollout.engine=hf engine.ray=false).
+
+Prints the start-up split (workers, the evaluation before RL), then per phase the median seconds over
+the timed steps with their range, the step's wall time as the controller sees it, tokens/s and the
+bytes one weight sync moves. `--plain` runs the same prompts, rewards and batch shape through
+`model.generate`, one log-prob forward (no old log-probs pass) and AdamW in this process: the in-repo
+baseline that a framework must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+START = time.time()
+# Runs from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SETTINGS = {
+    "tiny": ["recipe=quickstart", "data.prompts_per_step=16", "rollout.n=8", "rollout.max_new_tokens=48",
+             "actor.mini_batch_size=128", "actor.micro_batch_size=128"],
+    "smollm2": ["recipe=quickstart_smollm2", "data.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=32",
+                "actor.mini_batch_size=16", "actor.micro_batch_size=16"],
+}
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):7.3f}  ({min(values):.3f}-{max(values):.3f})"
+
+
+def config(setting: str, overrides: list[str], num_eval: int):
+    from trainer.recipe_config import compose_config
+
+    out = tempfile.mkdtemp(prefix=f"bench-step-{setting}-")
+    return compose_config([
+        *SETTINGS[setting], f"trainer.output_dir={out}", "sft.steps=0", "algorithm.kl_coef=0",
+        "tracking.wandb.mode=disabled", "tracking.console=false", f"data.num_eval={num_eval}", *overrides,
+    ])
+
+
+def run_trainer(cfg, steps: int, warmup: int) -> None:
+    from trainer.loop import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        built = time.time()
+        trainer.start_workers(trainer.base_model_path)
+        started = time.time()
+        trainer.evaluate()
+        evaluated = time.time()
+        rows, walls = [], []
+        for step in range(warmup + steps):
+            clock = time.time()
+            metrics = trainer.step(step)
+            if step >= warmup:
+                rows.append(metrics)
+                walls.append(time.time() - clock)
+        sync_bytes = trainer.workers.weight_bytes()
+    finally:
+        trainer.close()
+    print(f"setting: rollout={cfg.rollout.engine} ray={cfg.engine.ray} weight_sync={trainer.workers.sync_path} "
+          f"| {cfg.data.prompts_per_step} prompts x {cfg.rollout.n}, <= {cfg.rollout.max_new_tokens} new tokens, "
+          f"{steps} timed steps after {warmup}")
+    print(f"start-up s:  imports + config + data {built - START:6.1f}   workers {started - built:6.1f}   "
+          f"evaluation ({len(trainer.eval_samples)} prompts) {evaluated - started:6.1f}   "
+          f"total {evaluated - START:6.1f}")
+    print("phase                 median s  (min-max)")
+    for key in ("generate", "reward", "old_logprobs", "reference", "update", "sync"):
+        values = [r[f"time/{key}"] for r in rows if f"time/{key}" in r]
+        if values:
+            print(f"  {key:<18} {spread(values)}")
+    print(f"  {'step (wall)':<18} {spread(walls)}")
+    print(f"rollout tokens/s:     {statistics.median(r['throughput/rollout_tokens_per_s'] for r in rows):8.0f}")
+    print(f"update tokens/s:      {statistics.median(r['throughput/update_tokens_per_s'] for r in rows):8.0f}")
+    print(f"weight sync MB/step:  {sync_bytes / 2**20:8.1f}")
+    print(f"mean response tokens: {statistics.median(r['response_len/mean'] for r in rows):8.1f}")
+
+
+def run_plain(cfg, steps: int, warmup: int) -> None:
+    """Generate with HF, score, one forward+backward for the update (ratio 1, the on-policy PPO loss), AdamW."""
+    import torch
+
+    from trainer.algorithms import get_advantage
+    from trainer.loop import Trainer
+    from trainer.modeling import load_causal_lm
+
+    cfg.engine.ray = False
+    torch.set_num_threads(cfg.actor.threads)
+    trainer = Trainer(cfg)  # prompts, sampler and rewards only; no workers are started
+    model = load_causal_lm(trainer.base_model_path, cfg.model.dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.actor.lr)
+    tokenizer, stop = trainer.prompts.tokenizer, trainer.prompts.chat.stop_ids
+    n, walls, phases = cfg.rollout.n, [], {"generate": [], "update": []}
+    print(f"plain loop: start-up {time.time() - START:.1f} s")
+    for step in range(warmup + steps):
+        samples = trainer.sampler.next_batch()
+        clock = time.time()
+        prompts = [trainer.prompts.ids(s) for s in samples]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[trainer.pad_id] * (width - len(p)) + p for p in prompts]).repeat_interleave(n, 0)
+        mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)).long()
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask.repeat_interleave(n, 0), do_sample=True,
+                                 temperature=cfg.rollout.temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=cfg.rollout.max_new_tokens, eos_token_id=stop, pad_token_id=trainer.pad_id)
+        generated = time.time()
+        responses = out[:, width:]
+        done = torch.isin(responses, torch.tensor(stop)).long().cumsum(1)
+        response_mask = ((done == 0) | ((done == 1) & torch.isin(responses, torch.tensor(stop)))).float()
+        texts = tokenizer.batch_decode(responses.masked_fill(response_mask == 0, trainer.pad_id), skip_special_tokens=True)
+        scored = trainer.scorer.composer.score(texts, [s for s in samples for _ in range(n)])
+        rewards = torch.tensor(scored.scores, dtype=torch.float32)
+        advantages = get_advantage("grpo")(rewards, torch.arange(len(samples)).repeat_interleave(n))
+        model.train()
+        full_mask = torch.cat([mask.repeat_interleave(n, 0), response_mask.long()], 1)
+        logits = model(input_ids=out, attention_mask=full_mask).logits[:, width - 1 : -1].float()
+        logp = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        ratio = torch.exp(logp - logp.detach())
+        loss = -(ratio * advantages.unsqueeze(1) * response_mask).sum() / response_mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.actor.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup:
+            phases["generate"].append(generated - clock)
+            phases["update"].append(time.time() - generated)
+            walls.append(time.time() - clock)
+    trainer.close()
+    print("phase                 median s  (min-max)")
+    for key, values in phases.items():
+        print(f"  {key:<18} {spread(values)}")
+    print(f"  {'step (wall)':<18} {spread(walls)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="tiny")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eval", type=int, default=200, help="held-out prompts evaluated before the first step")
+    parser.add_argument("--plain", action="store_true", help="a plain single-process HF loop on the same work")
+    args, overrides = parser.parse_known_args()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    cfg = config(args.setting, overrides, args.eval)
+    (run_plain if args.plain else run_trainer)(cfg, args.steps, args.warmup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,7 +73,7 @@ class TrainBatch:
     def response_positions(self) -> torch.Tensor:
         """[B, R] index of each response token in input_ids (clamped inside the row for padding)."""
         width = self.response_mask.shape[1]
-        positions = self.prompt_lens.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        positions = self.prompt_lens.unsqueeze(1) + torch.arange(width, device=self.prompt_lens.device).unsqueeze(0)
         return positions.clamp(max=self.input_ids.shape[1] - 1)
 
     def select(self, rows: torch.Tensor | slice | list[int]) -> "TrainBatch":

@@ -234,11 +234,13 @@ class ActorConfig:
     """Token budget per forward/backward instead of a fixed micro_batch_size (which it then overrides):
     rows of similar length are grouped so rows x longest row stays within it (a longer row goes alone).
     Memory only, like micro_batch_size; also splits log_probs and the reference's."""
-    share_prompt_forward: bool = True
+    share_prompt_forward: Optional[bool] = None
     """Log-probs and the update run each distinct prompt of a micro-batch once and continue its n responses
     from the cached keys and values (gradients summed through the cache), instead of n full rows: about
-    (n-1)/n of the prompt's compute saved. Text batches only; off with gradient checkpointing (no cache
-    there) and with DeepSpeed."""
+    (n-1)/n of the prompt's compute saved. Text batches, actor.strategy=torch (sharded strategies gather
+    parameters per forward call), no gradient checkpointing (it drops the cache). null (auto): on where the
+    model runs on CPU (SmolLM2 update 5.6 -> 4.5 s), off on GPUs, where the cached path measured slower
+    (bench/RESULTS.md: H200, bf16 0.5B, 0.95 -> 1.37 s)."""
     logits_chunk_size: int = 1024
     """Log-probs and entropy apply the LM head only where it predicts response tokens, this many tokens
     at a time (float32 [chunk, vocab] logits, recomputed in backward), never [B, T, vocab] at once.

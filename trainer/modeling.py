@@ -88,7 +88,7 @@ def _chunked_head_applies(hf_model) -> bool:
 def _computed_columns(batch: TrainBatch) -> torch.Tensor:
     """[B, R] response columns that get a log-prob: the response, and at least one column per row, so a
     micro-batch of empty responses still has a graph to run backward through."""
-    columns = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
+    columns = torch.arange(batch.response_mask.shape[1], device=batch.response_lens.device).unsqueeze(0)
     return columns < batch.response_lens.clamp(min=1).unsqueeze(1)
 
 
@@ -98,8 +98,19 @@ def chunked_head_calls(batch: TrainBatch, chunk_size: int) -> int:
 
 
 def shares_prompts(batch: TrainBatch) -> bool:
-    """Whether the prompt-once forward applies: text rows, every prompt at least two tokens long."""
-    return batch.media is None and int(batch.prompt_lens.min()) >= 2
+    """Whether the prompt-once forward applies and pays: text rows, every prompt at least two tokens long,
+    some prompt on several rows."""
+    if batch.media is not None or int(batch.prompt_lens.min()) < 2:
+        return False
+    prompts = {tuple(batch.input_ids[row, :n].tolist()) for row, n in enumerate(batch.prompt_lens.tolist())}
+    return len(prompts) < len(batch)
+
+
+def use_prompt_cache(setting: bool | None, batch: TrainBatch, device) -> bool:
+    """actor.share_prompt_forward for this batch on this device (None: on CPU only)."""
+    if setting is False or (setting is None and torch.device(device).type != "cpu"):
+        return False
+    return shares_prompts(batch)
 
 
 def _prompt_cache_inputs(model, batch: TrainBatch, device) -> dict:
@@ -109,6 +120,7 @@ def _prompt_cache_inputs(model, batch: TrainBatch, device) -> dict:
     not n; gradients reach the prompt's activations through the cache, summed over its rows."""
     from transformers import DynamicCache
 
+    batch = batch.to("cpu")  # the bookkeeping below is on CPU; what the model gets moves to `device`
     prompt_lens = batch.prompt_lens.tolist()
     prompts = [tuple(batch.input_ids[row, :n].tolist()) for row, n in enumerate(prompt_lens)]
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
@@ -148,7 +160,7 @@ def response_logprobs(
     the call), so FSDP2's and DeepSpeed's hooks and a VL model's image inputs work unchanged.
     min_chunks: call the head at least this often (data-parallel ranks must agree under ZeRO-3).
     share_prompts: each distinct prompt runs once and its rows continue from its cached keys and values
-    (two forward calls, whatever the batch holds, so sharded ranks stay in step); needs shares_prompts(batch).
+    (two forward calls); for batches where shares_prompts(batch) holds.
     """
     if chunk_size < 0:
         raise ValueError(f"actor.logits_chunk_size={chunk_size} must be >= 0 (0 = the plain path)")
@@ -162,7 +174,7 @@ def response_logprobs(
         inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device),
                   **forward_inputs(model, batch.input_ids, batch.media, device)}
         positions = batch.response_positions().to(device) - 1  # position t predicts token t+1
-    columns = torch.arange(batch.response_mask.shape[1]).unsqueeze(0)
+    columns = torch.arange(batch.response_mask.shape[1], device=batch.response_lens.device).unsqueeze(0)
     in_response = (columns < batch.response_lens.unsqueeze(1)).to(device)
     computed = _computed_columns(batch).to(device)
     zero = torch.zeros((), device=device)

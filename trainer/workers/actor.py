@@ -14,7 +14,7 @@ from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig, AlgorithmConfig
 from trainer.strategies.base import adamw
 from trainer.strategies.factory import make_strategy
-from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs, shares_prompts
+from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs, use_prompt_cache
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
@@ -88,19 +88,20 @@ class ActorWorker:
         return int(self.cfg.logits_chunk_size or 0)
 
     def share_prompts(self, batch: TrainBatch) -> bool:
-        """The prompt-once forward (actor.share_prompt_forward), decided on a batch every rank holds whole."""
+        """The prompt-once forward (actor.share_prompt_forward): one worker only, as sharded strategies gather
+        parameters per forward call and ranks would differ in calls."""
         cfg = self.cfg
-        return (cfg.share_prompt_forward and not cfg.gradient_checkpointing and cfg.strategy != "deepspeed"
-                and shares_prompts(batch))
+        return (cfg.strategy == "torch" and not cfg.gradient_checkpointing
+                and use_prompt_cache(cfg.share_prompt_forward, batch, self.device))
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
         # Every rank computes the whole batch (same plan, so sharded forwards stay in step).
         out = torch.zeros(batch.response_mask.shape)
-        share = self.share_prompts(batch)
         for rows in self._micro_batches(batch, world_size=1)[0]:
-            logp, _ = response_logprobs(self.forward_model, batch.select(rows), temperature,
-                                        chunk_size=self.logits_chunk_size, share_prompts=share)
+            micro = batch.select(rows)
+            logp, _ = response_logprobs(self.forward_model, micro, temperature, chunk_size=self.logits_chunk_size,
+                                        share_prompts=self.share_prompts(micro))
             out[rows, : logp.shape[1]] = logp.cpu()
         return out
 
@@ -133,7 +134,6 @@ class ActorWorker:
                 # Each rank takes a contiguous shard; all ranks run the same number of micro-batches
                 # (sharded strategies communicate in every backward), padding with zero-weight ones.
                 plans = self._micro_batches(mini_batch, self.world_size)
-                share = self.share_prompts(mini_batch)
                 # ZeRO-3 gathers the LM head's weight at each chunked head call: every rank makes as many
                 # as the rank with the most response tokens in that micro-batch.
                 head_calls = [max(chunked_head_calls(mini_batch.select(plan[i] or [0]), self.logits_chunk_size)
@@ -145,7 +145,7 @@ class ActorWorker:
                     mask = micro.response_mask
                     logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True,
                                                       chunk_size=self.logits_chunk_size, min_chunks=min_chunks,
-                                                      share_prompts=share)
+                                                      share_prompts=self.share_prompts(micro))
                     old_logp = micro.old_logprobs
                     if old_logp is None:  # one optimiser step: the weights that generated the batch (ratio 1)
                         old_logp = logp.detach()
@@ -219,7 +219,7 @@ class ActorWorker:
             pool = staged_pool(stages, step, stage_steps) if stages else range(len(prompts))
             rows = [pool[i] for i in torch.randint(len(pool), (batch_size,), generator=generator).tolist()]
             batch = TrainBatch.from_sequences([prompts[i] for i in rows], [targets[i] for i in rows], pad_id,
-                                              media=[media[i] for i in rows] if media else None)
+                                              media=[media[i] for i in rows] if media else None).to(self.device)
             logp, _ = response_logprobs(self.forward_model, batch, temperature=1.0, chunk_size=self.logits_chunk_size)
             loss = aggregate(-logp, batch.response_mask, loss_agg)
             backward_and_step(loss)
@@ -233,6 +233,8 @@ class ActorWorker:
     def dpo_step(self, chosen: TrainBatch, rejected: TrainBatch, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                  *, beta: float, nll_coef: float) -> dict[str, float]:
         """One optimiser step of DPO (+ NLL on the chosen responses); reference inputs are sequence log-probs."""
+        chosen, rejected = chosen.to(self.device), rejected.to(self.device)
+        ref_chosen, ref_rejected = ref_chosen.to(self.device), ref_rejected.to(self.device)
         chosen_logp, _ = response_logprobs(self.forward_model, chosen, temperature=1.0,
                                            chunk_size=self.logits_chunk_size)
         rejected_logp, _ = response_logprobs(self.forward_model, rejected, temperature=1.0,

@@ -6,7 +6,7 @@ import torch
 
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig
-from trainer.modeling import load_causal_lm, response_logprobs, shares_prompts
+from trainer.modeling import load_causal_lm, response_logprobs, use_prompt_cache
 
 
 class ReferenceWorker:
@@ -17,7 +17,7 @@ class ReferenceWorker:
     def __init__(self, model_path: str, *, dtype: str, micro_batch_size: int, threads: int,
                  max_tokens_per_micro_batch: int | None = None,
                  logits_chunk_size: int = ActorConfig.logits_chunk_size,
-                 share_prompt_forward: bool = ActorConfig.share_prompt_forward):
+                 share_prompt_forward: bool | None = ActorConfig.share_prompt_forward):
         torch.set_num_threads(threads)
         self.model = load_causal_lm(model_path, dtype).eval()
         self.model.requires_grad_(False)
@@ -25,15 +25,16 @@ class ReferenceWorker:
         self.max_tokens = max_tokens_per_micro_batch
         self.logits_chunk_size = logits_chunk_size
         self.share_prompt_forward = share_prompt_forward
+        self.device = next(self.model.parameters()).device
 
     @torch.no_grad()
     def log_probs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
         out = torch.zeros(batch.response_mask.shape)
         plan = plan_micro_batches(batch.sequence_lengths(), micro_batch_size=self.micro_batch_size,
                                   max_tokens=self.max_tokens)[0]
-        share = self.share_prompt_forward and shares_prompts(batch)
         for rows in plan:
-            logp, _ = response_logprobs(self.model, batch.select(rows), temperature, chunk_size=self.logits_chunk_size,
-                                        share_prompts=share)
+            micro = batch.select(rows)
+            logp, _ = response_logprobs(self.model, micro, temperature, chunk_size=self.logits_chunk_size,
+                                        share_prompts=use_prompt_cache(self.share_prompt_forward, micro, self.device))
             out[rows, : logp.shape[1]] = logp.cpu()
         return out

@@ -70,3 +70,28 @@ def test_kl_term_reports_zero_against_identical_reference(tiny_model_dir):
     actor = make_actor(tiny_model_dir, micro=4, kl_coef=0.1)
     metrics = actor.update(make_batch(actor, [1.0, -1.0, 0.5, -0.5]), 1.0)
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_update_without_old_logprobs_equals_the_recomputed_ones(tiny_model_dir):
+    """One optimiser step: the update's own forward, detached, is the old log-probs (no separate pass)."""
+    given, own = make_actor(tiny_model_dir, micro=2), make_actor(tiny_model_dir, micro=2)
+    advantages = [1.0, -1.0, 0.5, -0.5]
+    with_old = make_batch(given, advantages)
+    without = make_batch(own, advantages)
+    without.old_logprobs = None
+    # The engine's log-probs 0.25 below the actor's on every response token: the update reports that gap.
+    without.rollout_logprobs = (with_old.old_logprobs - 0.25) * with_old.response_mask
+    a, b = given.update(with_old, 1.0), own.update(without, 1.0)
+    for key in ("policy_loss", "grad_norm", "entropy", "ratio_mean"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    assert b["logp_mismatch"] == pytest.approx(0.25, abs=1e-6) and "logp_mismatch" not in a
+    for name, tensor in given.weights().items():
+        torch.testing.assert_close(own.weights()[name], tensor, atol=1e-6, rtol=0)
+
+
+def test_an_update_of_several_steps_needs_old_logprobs(tiny_model_dir):
+    actor = make_actor(tiny_model_dir, micro=2, mini=2)
+    batch = make_batch(actor, [1.0, -1.0, 0.5, -0.5])
+    batch.old_logprobs = None
+    with pytest.raises(ValueError, match="several optimiser steps needs the batch's old log-probs"):
+        actor.update(batch, 1.0)

@@ -3,6 +3,7 @@
     python bench/bench_step.py --setting tiny      [--steps 12] [--warmup 2] [key=value ...]
     python bench/bench_step.py --setting smollm2   [--steps 12] [--warmup 2] [key=value ...]
     python bench/bench_step.py --setting tiny --plain     # the same work in a plain single-process HF loop
+    python bench/bench_step.py --setting tiny --standalone-vllm   # generation alone, a bare vLLM in-process
 
 Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULTS.md's TRL comparison):
   tiny     the quickstart's embedded Qwen2, 16 prompts x 8 completions x <= 48 new tokens
@@ -148,6 +149,41 @@ def run_plain(cfg, steps: int, warmup: int) -> None:
     print(f"  {'step (wall)':<18} {spread(walls)}")
 
 
+def run_standalone(cfg, steps: int, warmup: int) -> None:
+    """The same prompts through a bare vLLM `LLM` in this process (no Ray, no trainer around it), with the
+    engine settings and sampling parameters the trainer's vLLM engine uses: the floor for the generate phase."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gib))
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from trainer.loop import Trainer
+
+    cfg.engine.ray = False
+    torch.set_num_threads(cfg.rollout.threads)
+    trainer = Trainer(cfg)  # prompts and sampler only
+    longest = max(len(trainer.prompts.ids(s)) for s in trainer.train_samples)
+    llm = LLM(model=trainer.base_model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed, enforce_eager=True,
+              max_model_len=longest + cfg.rollout.max_new_tokens, skip_tokenizer_init=True, enable_prefix_caching=False,
+              logprobs_mode="processed_logprobs", max_num_seqs=cfg.rollout.max_num_seqs)
+    params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, max_tokens=cfg.rollout.max_new_tokens,
+                            stop_token_ids=trainer.prompts.chat.stop_ids, logprobs=0, detokenize=False)
+    walls, tokens = [], []
+    for step in range(warmup + steps):
+        prompts = [TokensPrompt(prompt_token_ids=trainer.prompts.ids(s)) for s in trainer.sampler.next_batch()]
+        clock = time.time()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        if step >= warmup:
+            walls.append(time.time() - clock)
+            tokens.append(sum(len(c.token_ids) for o in outputs for c in o.outputs))
+    trainer.close()
+    print(f"standalone vLLM | {cfg.data.prompts_per_step} prompts x {cfg.rollout.n}, <= {cfg.rollout.max_new_tokens} "
+          f"new tokens, {steps} timed calls after {warmup}")
+    print(f"  {'generate':<18} {spread(walls)}")
+    print(f"rollout tokens/s:     {statistics.median(t / w for t, w in zip(tokens, walls)):8.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="tiny")
@@ -155,10 +191,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--eval", type=int, default=200, help="held-out prompts evaluated before the first step")
     parser.add_argument("--plain", action="store_true", help="a plain single-process HF loop on the same work")
+    parser.add_argument("--standalone-vllm", action="store_true", help="only generate, with a bare vLLM in-process")
     args, overrides = parser.parse_known_args()
     os.environ.setdefault("WANDB_SILENT", "true")
     cfg = config(args.setting, overrides, args.eval)
-    (run_plain if args.plain else run_trainer)(cfg, args.steps, args.warmup)
+    run = run_plain if args.plain else run_standalone if args.standalone_vllm else run_trainer
+    run(cfg, args.steps, args.warmup)
 
 
 if __name__ == "__main__":

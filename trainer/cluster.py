@@ -26,8 +26,9 @@ class WorkerCluster:
         self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
 
     # ----- start --------------------------------------------------------------------------------
-    def start_actor(self, model_path: str) -> WorkerGroup:
-        """The actor role alone (SFT needs no rollout); `start` keeps an actor already running."""
+    def start_actor(self, model_path: str, wait: bool = True) -> WorkerGroup:
+        """The actor role alone (SFT needs no rollout); `start` keeps an actor already running.
+        `wait=False` returns while its workers are being built; `actor_ready()` finishes the start."""
         self._init_ray()
         from trainer.workers.actor import ActorWorker
 
@@ -35,9 +36,13 @@ class WorkerCluster:
         self.actor = WorkerGroup(
             "actor", ActorWorker, cfg.resources.actor, use_ray=self.use_ray, ranked=True, slots=self._slots("actor"),
             model_path=model_path, actor=cfg.actor, algorithm=cfg.algorithm,
-            dtype=cfg.model.dtype, seed=cfg.trainer.seed, max_len=cfg.rollout.max_new_tokens,
+            dtype=cfg.model.dtype, seed=cfg.trainer.seed, max_len=cfg.rollout.max_new_tokens, wait=False,
         )
-        if cfg.actor.strategy != "torch":
+        return self.actor_ready() if wait else self.actor
+
+    def actor_ready(self) -> WorkerGroup:
+        self.actor.ready()
+        if self.cfg.actor.strategy != "torch":
             # Sharded strategies: rank 0 names the rendezvous, then all ranks join at once.
             host, port = self.actor.call_one(0, "rendezvous_address")
             self.actor.call("init_distributed", host, port)
@@ -50,8 +55,10 @@ class WorkerCluster:
         from trainer.workers.rollout import RolloutWorker
 
         self.max_len = max_model_len
-        if self.actor is None:
-            self.start_actor(policy_path)
+        # Actor and engines are built side by side (their imports and model loads overlap).
+        new_actor = self.actor is None
+        if new_actor:
+            self.start_actor(policy_path, wait=False)
         self.rollout = WorkerGroup(
             "rollout", RolloutWorker, cfg.resources.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
             env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
@@ -60,21 +67,29 @@ class WorkerCluster:
             **({"max_model_len": max_model_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
                 "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
                 "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
+                "enforce_eager": cfg.rollout.enforce_eager,
                 "tensor_parallel_size": cfg.rollout.tensor_parallel_size,
                 "max_images_per_prompt": self.max_images_per_prompt,
                 "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
                if cfg.rollout.engine == "vllm" else {}),
+            wait=False,
         )
+        if cfg.algorithm.kl_coef > 0:
+            self.reference = self.start_reference(policy_path, wait=False)
+        if new_actor:
+            self.actor_ready()
+        self.rollout.ready()
+        if self.reference is not None:
+            self.reference.ready()
         self.sync_path = self._sync_path()
         if self.sync_path == "collective":
             self._open_weight_sync()
         elif self.sync_path == "shared_memory":
             self._open_shared_weights()
-        if cfg.algorithm.kl_coef > 0:
-            self.reference = self.start_reference(policy_path)
 
-    def start_reference(self, model_path: str) -> WorkerGroup:
-        """A frozen copy of `model_path` for log-probs (the KL term; DPO's reference)."""
+    def start_reference(self, model_path: str, wait: bool = True) -> WorkerGroup:
+        """A frozen copy of `model_path` for log-probs (the KL term; DPO's reference); `wait=False`: see
+        WorkerGroup."""
         from trainer.workers.reference import ReferenceWorker
 
         cfg = self.cfg
@@ -83,6 +98,7 @@ class WorkerCluster:
             model_path=model_path, dtype=cfg.model.dtype, micro_batch_size=cfg.actor.micro_batch_size,
             threads=cfg.actor.threads, max_tokens_per_micro_batch=cfg.actor.max_tokens_per_micro_batch,
             logits_chunk_size=cfg.actor.logits_chunk_size, share_prompt_forward=cfg.actor.share_prompt_forward,
+            wait=wait,
         )
 
     def _init_ray(self) -> None:

@@ -155,6 +155,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     "vLLM GPU: share of GPU memory for weights and KV cache."
     max_num_seqs: int = 256
+    enforce_eager: Optional[bool] = None
+    """vLLM: run without CUDA graphs. null: eager on CPU (no graphs there), CUDA graphs on GPU (decode of
+    small batches is launch-bound without them)."""
     tensor_parallel_size: int = 1
     "vLLM: shard each rollout engine over this many GPUs (or CPU core groups); give it as many in resources.rollout."
     threads: int = 2

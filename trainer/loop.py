@@ -159,19 +159,21 @@ class Trainer:
             temperature = cfg.rollout.temperature
 
             workers.sleep_rollout()
-            if one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto":
-                batch.old_logprobs = None  # on-policy: the update's own forward, detached
-            else:
-                clock = time.time()
-                batch.old_logprobs = workers.actor.call("log_probs", batch, temperature)[0]
+            # Old log-probs (none when on-policy: the update's own forward, detached) and the reference's run
+            # side by side on their own workers; time/reference is what the reference adds after the actor.
+            clock = time.time()
+            on_policy = one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto"
+            old = None if on_policy else workers.actor.call_async("log_probs", batch, temperature)
+            ref = None if workers.reference is None else workers.reference.call_async("log_probs", batch, temperature)
+            if old is not None:
+                batch.old_logprobs = workers.actor.wait(old, "log_probs")[0]
                 timings["old_logprobs"] = time.time() - clock
                 mask = batch.response_mask
                 metrics["logp_mismatch"] = float(((batch.rollout_logprobs - batch.old_logprobs).abs() * mask).sum()
                                                  / mask.sum())
-            if workers.reference is not None:
-                clock = time.time()
-                batch.ref_logprobs = workers.reference.call("log_probs", batch, temperature)[0]
-                timings["reference"] = time.time() - clock
+            if ref is not None:
+                batch.ref_logprobs = workers.reference.wait(ref, "log_probs")[0]
+                timings["reference"] = time.time() - clock - timings.get("old_logprobs", 0.0)
 
             clock = time.time()
             update_metrics = workers.actor.call("update", batch, temperature)[0]

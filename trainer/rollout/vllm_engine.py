@@ -56,6 +56,7 @@ class VLLMEngine:
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         max_num_seqs: int = 256,
+        enforce_eager: bool | None = None,
         sleep_mode: bool = False,
         tensor_parallel_size: int = 1,
         max_images_per_prompt: int = 0,
@@ -88,7 +89,7 @@ class VLLMEngine:
             skip_tokenizer_init=self.image_token_id is None,
             gpu_memory_utilization=gpu_memory_utilization,
             max_num_seqs=max_num_seqs,
-            enforce_eager=True,
+            enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
             # Log-probs after temperature scaling, matching the actor's recomputation.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=False,

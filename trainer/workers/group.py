@@ -43,10 +43,12 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
 class WorkerGroup:
     def __init__(self, role: str, cls: type, resources: RoleResources, *, use_ray: bool,
                  env_vars: dict[str, str] | None = None, start_timeout_s: float = 900.0, ranked: bool = False,
-                 slots: list | None = None, **init_kwargs: Any):
+                 slots: list | None = None, wait: bool = True, **init_kwargs: Any):
         """`ranked=True` gives each worker `rank` and `world_size` keyword arguments (data-parallel roles);
-        `slots` (from trainer.workers.placement) seats worker i in a placement group bundle."""
+        `slots` (from trainer.workers.placement) seats worker i in a placement group bundle. `wait=False`
+        returns while Ray workers are still being built (so roles start side by side): call `ready()`."""
         self.role, self.use_ray, self.cls = role, use_ray, cls
+        self.resources, self.start_timeout_s = resources, start_timeout_s
 
         def kwargs_for(index: int) -> dict[str, Any]:
             return {**init_kwargs, "rank": index, "world_size": resources.count} if ranked else init_kwargs
@@ -59,16 +61,23 @@ class WorkerGroup:
                            runtime_env={"env_vars": env_vars or {}})
             self.workers = [actor_cls.options(**options, **self._seat(slots, i)).remote(**kwargs_for(i))
                             for i in range(resources.count)]
-            # Surface construction failures here, not at the first call; and never wait forever for
-            # resources the cluster cannot give.
-            self._wait_placed(resources, start_timeout_s)
-            self._get([w.__ray_ready__.remote() for w in self.workers], "start")
+            if wait:
+                self.ready()
         else:
             if resources.count != 1:
                 raise ValueError(f"resources.{role}.count={resources.count}: in-process mode runs one worker per role")
             for key, value in (env_vars or {}).items():
                 os.environ.setdefault(key, value)
             self.workers = [cls(**kwargs_for(0))]
+
+    def ready(self) -> "WorkerGroup":
+        """Wait until every worker is built (at once in-process)."""
+        if self.use_ray:
+            # Surface construction failures here, not at the first call; and never wait forever for
+            # resources the cluster cannot give.
+            self._wait_placed(self.resources, self.start_timeout_s)
+            self._get([w.__ray_ready__.remote() for w in self.workers], "start")
+        return self
 
     @staticmethod
     def _seat(slots: list | None, index: int) -> dict:

@@ -50,8 +50,8 @@ def chunked_logprobs_entropy(
 
     Same maths as logprobs_from_logits / entropy_from_logits on head(hidden) / temperature
     (temperature <= 0: unscaled), but only `chunk_size` rows of logits exist at once. When
-    autograd records, each chunk is checkpointed: backward recomputes that chunk's logits
-    instead of keeping all of them, so the graph holds [N, H] inputs, not [N, V] logits.
+    autograd records over several chunks, each is checkpointed: backward recomputes that chunk's
+    logits instead of keeping all of them, so the graph holds [N, H] inputs, not [N, V] logits.
     `min_chunks` calls `head` at least that many times (the extra calls on zero rows): DeepSpeed ZeRO-3
     gathers the head's weight at every call, so data-parallel ranks must make the same number.
     """
@@ -70,9 +70,11 @@ def chunked_logprobs_entropy(
             return logp, logp.new_zeros(())
         return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
-    record = torch.is_grad_enabled()
     logps, entropies = [], []
     chunks = max(-(-hidden.shape[0] // chunk_size), min_chunks)
+    # One chunk: keep its logits for backward rather than run the head again (the same peak as the
+    # forward's chunk; SmolLM2's 49k-token head on a few hundred rows is about 0.2 s a recompute).
+    record = torch.is_grad_enabled() and chunks > 1
     for start in range(0, chunks * chunk_size, chunk_size):
         h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]  # empty past the end
         logp, entropy = checkpoint(chunk_stats, h, y, use_reentrant=False) if record else chunk_stats(h, y)

@@ -151,11 +151,10 @@ class WorkerCluster:
             return "object_store"  # no Ray: the engine gets the actor's tensors in this process
         if res.actor.num_gpus > 0 or res.rollout.num_gpus > 0:
             return "collective"
-        from trainer.rollout.weight_sync import layout_bytes, shared_memory_room
+        from trainer.rollout.weight_sync import shared_memory_room
 
         hosts = {self.actor.call_one(0, "host"), *self.rollout.call("host")}
-        layout = self.actor.call("weight_layout")[0]
-        return "shared_memory" if len(hosts) == 1 and shared_memory_room(layout_bytes(layout)) else "collective"
+        return "shared_memory" if len(hosts) == 1 and shared_memory_room(self.weight_bytes()) else "collective"
 
     def _open_shared_weights(self) -> None:
         """Actor rank 0 creates the buffers, the engines map them, then their names go: the memory is
@@ -163,9 +162,10 @@ class WorkerCluster:
         import uuid
 
         prefix = f"/dev/shm/reasoning-rl-weights-{uuid.uuid4().hex[:12]}"
-        self.weight_layout = self.actor.call("open_shared_weights", prefix)[0]
+        layout = self._layout()
+        self.actor.call("open_shared_weights", layout, prefix)
         try:
-            self.rollout.call("open_shared_weights", self.weight_layout, prefix)
+            self.rollout.call("open_shared_weights", layout, prefix)
         finally:
             self.actor.call("unlink_shared_weights")
 
@@ -195,11 +195,17 @@ class WorkerCluster:
         weights = self.actor.call_async("weights")[0]
         self.rollout.call("load_weights", weights)
 
+    def _layout(self) -> list:
+        """The weights' layout, asked of the actor once (collective for sharded strategies)."""
+        if self.weight_layout is None:
+            self.weight_layout = self.actor.call("weight_layout")[0]
+        return self.weight_layout
+
     def weight_bytes(self) -> int:
         """Bytes one weight sync moves to each engine."""
         from trainer.rollout.weight_sync import layout_bytes
 
-        return layout_bytes(self.weight_layout or self.actor.call("weight_layout")[0])
+        return layout_bytes(self._layout())
 
     # ----- save and close -----------------------------------------------------------------------
     def save_model(self, out_dir: Path, tokenizer_or_processor) -> Path:

@@ -28,6 +28,23 @@ class TensorMeta:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+
+def by_dtype(metas: list[TensorMeta]) -> dict[torch.dtype, list[TensorMeta]]:
+    """The layout split into one group per dtype (one flat buffer each), in first-seen order."""
+    groups: dict[torch.dtype, list[TensorMeta]] = {}
+    for meta in metas:
+        groups.setdefault(meta.dtype, []).append(meta)
+    return groups
+
+
+def unpack(group: list[TensorMeta], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views by name into one dtype's flat buffer."""
+    return {meta.name: part.view(meta.shape) for meta, part in zip(group, flat.split([m.numel for m in group]))}
+
 
 def describe(named_tensors) -> list[TensorMeta]:
     """The layout of (name, tensor) pairs, e.g. a state dict's items()."""
@@ -59,18 +76,15 @@ class SyncGroup:
 
     def receive(self, metas: list[TensorMeta]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for dtype in dict.fromkeys(m.dtype for m in metas):
-            group = [m for m in metas if m.dtype == dtype]
-            sizes = [int(torch.Size(m.shape).numel()) for m in group]
-            flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
+        for dtype, group in by_dtype(metas).items():
+            flat = torch.empty(sum(m.numel for m in group), dtype=dtype, device=self.device)
             self._broadcast(flat)
-            for meta, part in zip(group, flat.split(sizes)):
-                out[meta.name] = part.view(meta.shape)
+            out.update(unpack(group, flat))
         return out
 
 
 def layout_bytes(metas: list[TensorMeta]) -> int:
-    return sum(int(torch.Size(m.shape).numel()) * m.dtype.itemsize for m in metas)
+    return sum(m.numel * m.dtype.itemsize for m in metas)
 
 
 class SharedWeights:
@@ -81,17 +95,14 @@ class SharedWeights:
 
     def __init__(self, metas: list[TensorMeta], prefix: str, create: bool):
         self.paths, self.views = [], {}
-        for dtype in dict.fromkeys(m.dtype for m in metas):
-            group = [m for m in metas if m.dtype == dtype]
-            sizes = [int(torch.Size(m.shape).numel()) for m in group]
+        for dtype, group in by_dtype(metas).items():
+            size = sum(m.numel for m in group)
             path = f"{prefix}-{str(dtype).removeprefix('torch.')}"
             if create:
                 Path(path).write_bytes(b"")
-                os.truncate(path, sum(sizes) * dtype.itemsize)
-            flat = torch.from_file(path, shared=True, size=sum(sizes), dtype=dtype)
+                os.truncate(path, size * dtype.itemsize)
             self.paths.append(path)
-            for meta, part in zip(group, flat.split(sizes)):
-                self.views[meta.name] = part.view(meta.shape)
+            self.views.update(unpack(group, torch.from_file(path, shared=True, size=size, dtype=dtype)))
 
     def write_one(self, name: str, tensor: torch.Tensor) -> None:
         with torch.no_grad():

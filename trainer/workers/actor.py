@@ -260,15 +260,13 @@ class ActorWorker:
 
         return describe(self.strategy.full_weights())
 
-    def open_shared_weights(self, prefix: str) -> list:
-        """Rank 0 creates the shared-memory buffers the engines read (rollout.weight_sync=shared_memory);
-        returns their layout."""
+    def open_shared_weights(self, layout: list, prefix: str) -> None:
+        """Rank 0 creates the shared-memory buffers of `layout` that the engines read
+        (rollout.weight_sync=shared_memory)."""
         from trainer.rollout.weight_sync import SharedWeights
 
-        layout = self.weight_layout()  # collective for sharded strategies
         if self.rank == 0:
             self.shared_weights = SharedWeights(layout, prefix, create=True)
-        return layout
 
     def write_shared_weights(self) -> None:
         """Every rank gathers (sharded strategies need all); rank 0 copies into shared memory."""
@@ -287,7 +285,7 @@ class ActorWorker:
 
     def open_weight_sync(self, host: str, port: int, world_size: int) -> list:
         """Rank 0 joins the actor->rollout sync group as its sender; returns the tensor layout to send."""
-        from trainer.rollout.weight_sync import SyncGroup, describe
+        from trainer.rollout.weight_sync import SyncGroup
 
         layout = self.weight_layout()  # collective for sharded strategies
         if self.rank == 0:

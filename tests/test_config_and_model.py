@@ -14,7 +14,7 @@ def test_default_recipe_is_quickstart():
     cfg = compose_config([])
     assert cfg.recipe_name == "quickstart"
     assert cfg.trainer.output_dir == "outputs/quickstart"
-    assert cfg.sft.steps > 0 and cfg.rollout.engine == "vllm"
+    assert cfg.sft.steps > 0 and cfg.rollout.engine == "auto"
 
 
 def test_overrides_are_typed():

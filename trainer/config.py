@@ -135,8 +135,9 @@ class MultiTurnConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "vllm"
-    "vllm (default) or hf (transformers generate, the fallback)."
+    engine: str = "auto"
+    """vllm, hf (transformers, a decode loop of its own), or auto: hf on CPU for models under 20M parameters
+    (faster to start and to generate there, as measured in bench/RESULTS.md), vllm otherwise."""
     n: int = 8
     "Completions per prompt (the GRPO group size)."
     temperature: float = 1.0
@@ -469,7 +470,7 @@ def plugin_problems(cfg: Config) -> list[str]:
         ("data.preprocess", PREPROCESSORS, cfg.data.preprocess or None, None, None),
         ("data.sampler", SAMPLERS, cfg.data.sampler, None, None),
         ("filter.rule", FILTER_RULES, cfg.filter.rule, None, None),
-        ("rollout.engine", ENGINES, cfg.rollout.engine, None, None),
+        ("rollout.engine", ENGINES, None if cfg.rollout.engine == "auto" else cfg.rollout.engine, None, None),
         ("actor.strategy", STRATEGIES, cfg.actor.strategy, None, None),
     ]
     problems = []
@@ -567,7 +568,7 @@ def _validate_fields(cfg: Config) -> None:
     tp, rollout_res = cfg.rollout.tensor_parallel_size, cfg.resources.rollout
     if tp < 1:
         raise ValueError(f"rollout.tensor_parallel_size={tp}: expected >= 1")
-    if tp > 1 and cfg.rollout.engine != "vllm":
+    if tp > 1 and cfg.rollout.engine not in ("vllm", "auto"):
         raise ValueError(f"rollout.tensor_parallel_size={tp} needs rollout.engine=vllm (the hf engine runs unsharded)")
     if tp > 1 and 0 < rollout_res.num_gpus < tp:
         raise ValueError(f"rollout.tensor_parallel_size={tp} shards each engine over {tp} GPUs, but "

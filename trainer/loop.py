@@ -33,6 +33,7 @@ from trainer.evaluate import evaluate, per_task_lines
 from trainer.modeling import (apply_offline_mode, context_length, load_tokenizer, prepare_model,
                               resolve_tokenizer_path)
 from trainer.prompts import PromptRenderer, within_context
+from trainer.rollout import choose_engine
 from trainer.rollouts import Rollouts
 from trainer.scoring import Scorer
 from trainer.stages.sft import run_sft
@@ -53,6 +54,9 @@ class Trainer:
 
         apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
         self.base_model_path = prepare_model(cfg.model, self.run_dir, seed)
+        cfg.rollout.engine = choose_engine(cfg.rollout.engine, self.base_model_path,
+                                           gpus=cfg.resources.rollout.num_gpus > 0,
+                                           tensor_parallel_size=cfg.rollout.tensor_parallel_size)
         self.tokenizer_path = resolve_tokenizer_path(cfg.model, self.base_model_path)
         tokenizer = load_tokenizer(self.tokenizer_path)
         self.prompts = PromptRenderer(tokenizer, ChatFormat.from_config(tokenizer, self.base_model_path, cfg.data),

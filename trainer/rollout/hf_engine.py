@@ -1,7 +1,8 @@
-"""Transformers `generate` rollout engine: the fallback, and the deterministic one for tests.
+"""Transformers `generate` rollout engine: the fastest engine for tiny models on CPU, and the exact reference.
 
-Prompts are grouped by length so no batch needs padding: left padding would
-shift position ids away from what the actor sees in training.
+Text prompts of different lengths go through one left-padded `generate` call; position ids count from each
+row's first real token (as in training), so padding changes no log-prob beyond float rounding. Prompts with
+images are grouped by length instead: their rotary positions come from the image grid, not from a mask.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import (
+    SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+)
 
-from trainer.algorithms import logprobs_from_logits
 from trainer.rollout.sampling import Completion, SamplingSpec
 from trainer.modeling import forward_inputs, load_causal_lm
 
@@ -19,6 +23,9 @@ class HFEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, **_unused):
         self.model = load_causal_lm(model_path, dtype)
         self.model.eval()
+        # The hub's sampling defaults (temperature, top-p, repetition penalty) must not change what is sampled:
+        # the SamplingSpec is the only source, as it is for vLLM.
+        self.model.generation_config = GenerationConfig()
         self.seed = seed
         # A sampled image placeholder would claim image features that do not exist (and fail the next forward
         # pass): vision-language models never generate their vision markers.
@@ -35,54 +42,114 @@ class HFEngine:
         """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
         indices = list(range(len(prompts))) if indices is None else indices
         media = media or [None] * len(prompts)
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for index, prompt in enumerate(prompts):
-            by_length[len(prompt)].append(index)
+        if all(m is None for m in media):
+            groups = [list(range(len(prompts)))]
+        else:
+            by_length: dict[int, list[int]] = defaultdict(list)
+            for index, prompt in enumerate(prompts):
+                by_length[len(prompt)].append(index)
+            groups = [by_length[length] for length in sorted(by_length)]
         results: dict[int, list[Completion]] = {}
-        stop = set(spec.stop_token_ids)
-        for length, bucket in sorted(by_length.items()):
-            # Seeded per bucket from the call seed, so re-running a step samples the same tokens.
-            torch.manual_seed(spec.seed + indices[bucket[0]])
-            input_ids = torch.tensor([prompts[i] for i in bucket], device=self.model.device)
-            bucket_media = [media[i] for i in bucket]
-            sampled = self.model.generate(
-                input_ids=input_ids,
-                **forward_inputs(self.model, input_ids.cpu(), bucket_media, self.model.device),
-                attention_mask=torch.ones_like(input_ids),
-                do_sample=not spec.greedy,
-                temperature=spec.temperature if not spec.greedy else None,
-                top_p=spec.top_p if not spec.greedy else None,
-                top_k=(spec.top_k if spec.top_k > 0 else 0) if not spec.greedy else None,
-                max_new_tokens=spec.max_new_tokens,
-                num_return_sequences=spec.n,
-                eos_token_id=list(stop) or None,
-                pad_token_id=spec.stop_token_ids[0] if stop else 0,
-                suppress_tokens=self.suppressed or None,
-            )
-            responses = sampled[:, length:].tolist()
-            row_media = [m for m in bucket_media for _ in range(spec.n)]  # generate repeats each prompt n times
-            logprobs = self._logprobs(sampled, length, spec.temperature, row_media)
-            for row, tokens in enumerate(responses):
-                end = next((i + 1 for i, t in enumerate(tokens) if t in stop), None)
-                tokens = tokens[:end] if end is not None else tokens
-                prompt_index = indices[bucket[row // spec.n]]
-                results.setdefault(prompt_index, []).append(
-                    Completion(
-                        prompt_index=prompt_index,
-                        token_ids=tokens,
-                        logprobs=logprobs[row, : len(tokens)].tolist(),
-                        finished=end is not None,
-                    )
-                )
+        for group in groups:
+            # Seeded from the call seed, so re-running a step samples the same tokens.
+            torch.manual_seed(spec.seed + indices[group[0]])
+            group_media = [media[i] for i in group]
+            if all(m is None for m in group_media):
+                completions = self._decode([prompts[i] for i in group], spec)
+            else:
+                completions = self._sample([prompts[i] for i in group], group_media, spec)
+            for row, completion in enumerate(completions):  # generate repeats each prompt n times
+                completion.prompt_index = indices[group[row // spec.n]]
+                results.setdefault(completion.prompt_index, []).append(completion)
         return [c for i in indices for c in results[i]]
 
-    def _logprobs(self, sequences: torch.Tensor, prompt_length: int, temperature: float, media: list) -> torch.Tensor:
-        # Rows that stopped early are padded after their end; their log-probs there are cut off by the caller.
-        extra = forward_inputs(self.model, sequences.cpu(), media, self.model.device)
-        logits = self.model(input_ids=sequences, **extra).logits[:, prompt_length - 1 : -1]
-        if temperature > 0:
-            logits = logits / temperature
-        return logprobs_from_logits(logits, sequences[:, prompt_length:])
+    def _decode(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Completion]:
+        """Text prompts, left-padded, decoded step by step with a KV cache that drops each row when it stops
+        (HF `generate` keeps computing finished rows until the longest ends). Each prompt's prefix runs once
+        and its cache is repeated n times. Log-probs are read off each step's logits / temperature."""
+        model, device = self.model, self.model.device
+        width, n, steps = max(len(p) for p in prompts), spec.n, spec.max_new_tokens
+        pad = spec.stop_token_ids[0] if spec.stop_token_ids else 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].repeat_interleave(n, 0)
+        cache.batch_repeat_interleave(n)
+        mask, position = mask.repeat_interleave(n, 0), positions[:, -1].repeat_interleave(n, 0) + 1
+        rows = len(prompts) * n
+        tokens = torch.full((rows, steps), pad, dtype=torch.long, device=device)
+        logprobs = torch.zeros(rows, steps, device=device)
+        lengths = torch.full((rows,), steps, device=device)
+        stop = torch.tensor(spec.stop_token_ids, dtype=torch.long, device=device)
+        live = torch.arange(rows, device=device)  # the rows still decoding, in cache order
+        warpers = self._warpers(spec)
+        for step in range(steps):
+            scores = logits.float()
+            logp = torch.log_softmax(scores / (spec.temperature if not spec.greedy else 1.0), dim=-1)
+            scores = warpers(None, scores)
+            token = scores.argmax(-1) if spec.greedy else torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
+            tokens[live, step] = token
+            logprobs[live, step] = logp.gather(-1, token[:, None])[:, 0]
+            ended = torch.isin(token, stop)
+            lengths[live[ended]] = step + 1
+            keep = (~ended).nonzero()[:, 0]
+            if step + 1 == steps or len(keep) == 0:
+                break
+            if len(keep) < len(live):
+                cache.batch_select_indices(keep)
+                live, token, mask, position = live[keep], token[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
+                           past_key_values=cache, use_cache=True).logits[:, -1]
+            position = position + 1
+        stopped = torch.isin(tokens, stop).any(-1).tolist()
+        return [Completion(prompt_index=-1, token_ids=row[:length], logprobs=lp[:length], finished=done)
+                for row, lp, length, done in zip(tokens.tolist(), logprobs.tolist(), lengths.tolist(), stopped)]
+
+    def _warpers(self, spec: SamplingSpec) -> LogitsProcessorList:
+        """What turns logits into the sampling distribution: suppressed tokens, temperature, top-k, top-p."""
+        warpers = [SuppressTokensLogitsProcessor(self.suppressed, device=self.model.device)] if self.suppressed else []
+        if not spec.greedy:
+            warpers += [TemperatureLogitsWarper(spec.temperature)] if spec.temperature != 1.0 else []
+            warpers += [TopKLogitsWarper(spec.top_k)] if spec.top_k > 0 else []
+            warpers += [TopPLogitsWarper(spec.top_p)] if spec.top_p < 1.0 else []
+        return LogitsProcessorList(warpers)
+
+    def _sample(self, prompts: list[list[int]], media: list, spec: SamplingSpec) -> list[Completion]:
+        device = self.model.device
+        width = max(len(p) for p in prompts)
+        pad = spec.stop_token_ids[0] if spec.stop_token_ids else 0
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        stop = set(spec.stop_token_ids)
+        recorder = _TokenLogprobs(spec.temperature)
+        processors = [recorder] + ([SuppressTokensLogitsProcessor(self.suppressed, device=device)]
+                                   if self.suppressed else [])
+        sampled = self.model.generate(
+            input_ids=input_ids,
+            **forward_inputs(self.model, input_ids.cpu(), media, device),
+            attention_mask=mask,
+            logits_processor=LogitsProcessorList(processors),
+            do_sample=not spec.greedy,
+            temperature=spec.temperature if not spec.greedy else 1.0,
+            top_p=spec.top_p if not spec.greedy else 1.0,
+            top_k=spec.top_k if spec.top_k > 0 and not spec.greedy else 0,
+            max_new_tokens=spec.max_new_tokens,
+            num_return_sequences=spec.n,
+            eos_token_id=list(stop) or None,
+            pad_token_id=pad,
+        )
+        logprobs = recorder.finish(sampled)
+        completions = []
+        for row, tokens in enumerate(sampled[:, width:].tolist()):
+            end = next((i + 1 for i, t in enumerate(tokens) if t in stop), None)
+            tokens = tokens[:end] if end is not None else tokens
+            # Rows that stopped early are padded after their end; their log-probs there are cut off here.
+            completions.append(Completion(prompt_index=-1, token_ids=tokens,
+                                          logprobs=logprobs[row, : len(tokens)].tolist(), finished=end is not None))
+        return completions
 
     def sleep(self) -> None:
         """Nothing to free: the HF engine keeps no cache between calls."""
@@ -95,3 +162,28 @@ class HFEngine:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+class _TokenLogprobs(LogitsProcessor):
+    """First in `generate`'s processor list, so it sees each step's raw logits: keeps the log-prob, under
+    logits / temperature (the distribution the actor trains on, before top-k/top-p), of the token sampled from
+    the step before. This saves a second forward pass over the sampled sequences."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.previous: torch.Tensor | None = None
+        self.kept: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._keep(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _keep(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.kept.append(self.previous.gather(-1, tokens[:, None])[:, 0])
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[rows, new tokens] log-probs, given generate's output."""
+        self._keep(sequences[:, -1])
+        return torch.stack(self.kept, dim=1)

@@ -11,10 +11,10 @@ Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULT
 Extra key=value arguments are config overrides (e.g. rollout.engine=hf engine.ray=false).
 
 Prints the start-up split (workers, the evaluation before RL), then per phase the median seconds over
-the timed steps with their range, the step's wall time as the controller sees it, tokens/s and the
-bytes one weight sync moves. `--plain` runs the same prompts, rewards and batch shape through
-`model.generate`, one log-prob forward (no old log-probs pass) and AdamW in this process: the in-repo
-baseline that a framework must beat.
+the timed steps with their range, the step's wall time as the controller sees it, tokens/s, the
+bytes one weight sync moves and, for the shared-memory sync, its two halves timed apart. `--plain`
+runs the same prompts, rewards and batch shape through `model.generate`, one log-prob forward (no
+old log-probs pass) and AdamW in this process: the in-repo baseline that a framework must beat.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
                 rows.append(metrics)
                 walls.append(time.time() - clock)
         sync_bytes = trainer.workers.weight_bytes()
+        split = sync_split(trainer.workers) if trainer.workers.sync_path == "shared_memory" else None
     finally:
         trainer.close()
     print(f"setting: rollout={cfg.rollout.engine} ray={cfg.engine.ray} weight_sync={trainer.workers.sync_path} "
@@ -89,7 +90,22 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
     print(f"rollout tokens/s:     {statistics.median(r['throughput/rollout_tokens_per_s'] for r in rows):8.0f}")
     print(f"update tokens/s:      {statistics.median(r['throughput/update_tokens_per_s'] for r in rows):8.0f}")
     print(f"weight sync MB/step:  {sync_bytes / 2**20:8.1f}")
+    if split:
+        print(f"weight sync split s:  actor writes shared memory {spread(split[0])}   engines load {spread(split[1])}")
     print(f"mean response tokens: {statistics.median(r['response_len/mean'] for r in rows):8.1f}")
+
+
+def sync_split(workers, times: int = 5) -> tuple[list[float], list[float]]:
+    """The shared-memory sync's two halves timed apart: actor rank 0's copy in, the engines' load."""
+    writes, loads = [], []
+    for _ in range(times):
+        clock = time.time()
+        workers.actor.call("write_shared_weights")
+        wrote = time.time()
+        workers.rollout.call("load_shared_weights")
+        writes.append(wrote - clock)
+        loads.append(time.time() - wrote)
+    return writes, loads
 
 
 def run_plain(cfg, steps: int, warmup: int) -> None:

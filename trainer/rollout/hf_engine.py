@@ -1,8 +1,9 @@
-"""Transformers `generate` rollout engine: the fastest engine for tiny models on CPU, and the exact reference.
+"""The HF rollout engine: a Transformers model with a decode loop of its own (the faster engine for tiny
+models on CPU, see `choose_engine`), and the exact reference for log-prob parity.
 
-Text prompts of different lengths go through one left-padded `generate` call; position ids count from each
-row's first real token (as in training), so padding changes no log-prob beyond float rounding. Prompts with
-images are grouped by length instead: their rotary positions come from the image grid, not from a mask.
+Text prompts of any lengths decode as one left-padded batch; position ids count from each row's first real
+token, as in training, so padding changes no log-prob beyond float rounding. Prompts with images go through
+`generate`, grouped by length: their rotary positions come from the image grid, not from a mask.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class HFEngine:
         tokens = torch.full((rows, steps), pad, dtype=torch.long, device=device)
         logprobs = torch.zeros(rows, steps, device=device)
         lengths = torch.full((rows,), steps, device=device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
         stop = torch.tensor(spec.stop_token_ids, dtype=torch.long, device=device)
         live = torch.arange(rows, device=device)  # the rows still decoding, in cache order
         warpers = self._warpers(spec)
@@ -93,7 +95,7 @@ class HFEngine:
             tokens[live, step] = token
             logprobs[live, step] = logp.gather(-1, token[:, None])[:, 0]
             ended = torch.isin(token, stop)
-            lengths[live[ended]] = step + 1
+            lengths[live[ended]], finished[live[ended]] = step + 1, True
             keep = (~ended).nonzero()[:, 0]
             if step + 1 == steps or len(keep) == 0:
                 break
@@ -104,9 +106,9 @@ class HFEngine:
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
                            past_key_values=cache, use_cache=True).logits[:, -1]
             position = position + 1
-        stopped = torch.isin(tokens, stop).any(-1).tolist()
         return [Completion(prompt_index=-1, token_ids=row[:length], logprobs=lp[:length], finished=done)
-                for row, lp, length, done in zip(tokens.tolist(), logprobs.tolist(), lengths.tolist(), stopped)]
+                for row, lp, length, done in zip(tokens.tolist(), logprobs.tolist(), lengths.tolist(),
+                                                 finished.tolist())]
 
     def _warpers(self, spec: SamplingSpec) -> LogitsProcessorList:
         """What turns logits into the sampling distribution: suppressed tokens, temperature, top-k, top-p."""
@@ -118,24 +120,22 @@ class HFEngine:
         return LogitsProcessorList(warpers)
 
     def _sample(self, prompts: list[list[int]], media: list, spec: SamplingSpec) -> list[Completion]:
+        """Prompts with images, all of one length, through `generate`."""
         device = self.model.device
-        width = max(len(p) for p in prompts)
+        width = len(prompts[0])
         pad = spec.stop_token_ids[0] if spec.stop_token_ids else 0
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        input_ids = torch.tensor(prompts, device=device)
+        mask = torch.ones_like(input_ids)
         stop = set(spec.stop_token_ids)
         recorder = _TokenLogprobs(spec.temperature)
-        processors = [recorder] + ([SuppressTokensLogitsProcessor(self.suppressed, device=device)]
-                                   if self.suppressed else [])
         sampled = self.model.generate(
             input_ids=input_ids,
             **forward_inputs(self.model, input_ids.cpu(), media, device),
             attention_mask=mask,
-            logits_processor=LogitsProcessorList(processors),
-            do_sample=not spec.greedy,
-            temperature=spec.temperature if not spec.greedy else 1.0,
-            top_p=spec.top_p if not spec.greedy else 1.0,
-            top_k=spec.top_k if spec.top_k > 0 and not spec.greedy else 0,
+            # Neutral settings here, so generate adds no processor of its own: the list below is the whole
+            # sampling distribution, as in _decode.
+            logits_processor=LogitsProcessorList([recorder, *self._warpers(spec)]),
+            do_sample=not spec.greedy, temperature=1.0, top_p=1.0, top_k=0,
             max_new_tokens=spec.max_new_tokens,
             num_return_sequences=spec.n,
             eos_token_id=list(stop) or None,

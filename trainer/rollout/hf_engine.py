@@ -2,8 +2,8 @@
 models on CPU, see `choose_engine`), and the exact reference for log-prob parity.
 
 Text prompts of any lengths decode as one left-padded batch; position ids count from each row's first real
-token, as in training, so padding changes no log-prob beyond float rounding. Prompts with images go through
-`generate`, grouped by length: their rotary positions come from the image grid, not from a mask.
+token, as in training, so padding changes no log-prob beyond float rounding. Vision-language models go
+through `generate`, prompts grouped by length: their rotary positions come from the image grid, not a mask.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers.generation.logits_process import (
 )
 
 from trainer.rollout.sampling import Completion, SamplingSpec
-from trainer.modeling import forward_inputs, load_causal_lm
+from trainer.modeling import forward_inputs, image_token_id, load_causal_lm
 
 
 class HFEngine:
@@ -34,6 +34,7 @@ class HFEngine:
         self.suppressed = [getattr(config, key) for key in
                            ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
                            if getattr(config, key, None) is not None]
+        self.vision = image_token_id(self.model) is not None
 
     @torch.no_grad()
     def generate(
@@ -43,9 +44,9 @@ class HFEngine:
         """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
         indices = list(range(len(prompts))) if indices is None else indices
         media = media or [None] * len(prompts)
-        if all(m is None for m in media):
+        if not self.vision:  # a text model: one batch through the decode loop
             groups = [list(range(len(prompts)))]
-        else:
+        else:  # a vision-language model: generate, one prompt length at a time
             by_length: dict[int, list[int]] = defaultdict(list)
             for index, prompt in enumerate(prompts):
                 by_length[len(prompt)].append(index)
@@ -54,11 +55,10 @@ class HFEngine:
         for group in groups:
             # Seeded from the call seed, so re-running a step samples the same tokens.
             torch.manual_seed(spec.seed + indices[group[0]])
-            group_media = [media[i] for i in group]
-            if all(m is None for m in group_media):
+            if not self.vision:
                 completions = self._decode([prompts[i] for i in group], spec)
             else:
-                completions = self._sample([prompts[i] for i in group], group_media, spec)
+                completions = self._sample([prompts[i] for i in group], [media[i] for i in group], spec)
             for row, completion in enumerate(completions):  # generate repeats each prompt n times
                 completion.prompt_index = indices[group[row // spec.n]]
                 results.setdefault(completion.prompt_index, []).append(completion)
@@ -120,7 +120,7 @@ class HFEngine:
         return LogitsProcessorList(warpers)
 
     def _sample(self, prompts: list[list[int]], media: list, spec: SamplingSpec) -> list[Completion]:
-        """Prompts with images, all of one length, through `generate`."""
+        """A vision-language model's prompts, all of one length, through `generate`."""
         device = self.model.device
         width = len(prompts[0])
         pad = spec.stop_token_ids[0] if spec.stop_token_ids else 0

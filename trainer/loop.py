@@ -54,7 +54,8 @@ class Trainer:
 
         apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
         self.base_model_path = prepare_model(cfg.model, self.run_dir, seed)
-        cfg.rollout.engine = choose_engine(cfg.rollout.engine, self.base_model_path,
+        configured_engine = cfg.rollout.engine
+        cfg.rollout.engine = choose_engine(configured_engine, self.base_model_path,
                                            gpus=cfg.resources.rollout.num_gpus > 0,
                                            tensor_parallel_size=cfg.rollout.tensor_parallel_size)
         self.tokenizer_path = resolve_tokenizer_path(cfg.model, self.base_model_path)
@@ -98,6 +99,8 @@ class Trainer:
             console=cfg.tracking.console,
             total_steps=cfg.trainer.total_steps,
         )
+        if configured_engine != cfg.rollout.engine:
+            self.tracker.print(f"[{cfg.recipe_name}] rollout.engine={configured_engine} -> {cfg.rollout.engine}")
         self.workers = WorkerCluster(cfg, self.tokenizer_path, max_images)
         self.collector = RolloutCollector(cfg, self.prompts, self.workers, self.scorer, self.sampler)
         self.sample_rows: list[dict] = []  # completions to record for the current step

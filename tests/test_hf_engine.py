@@ -50,3 +50,14 @@ def test_auto_engine_counts_the_folder_parameters(tiny_model_dir, tmp_path, monk
     assert rollout.choose_engine("auto", str(tmp_path), gpus=False) == "vllm"  # nothing to count
     monkeypatch.setattr(rollout, "HF_ENGINE_BELOW_PARAMS", count)
     assert rollout.choose_engine("auto", tiny_model_dir, gpus=False) == "vllm"
+
+
+def test_top_k_one_samples_the_greedy_tokens_and_hitting_the_limit_is_unfinished(tiny_model_dir):
+    engine = HFEngine(tiny_model_dir)
+    greedy = engine.generate(PROMPTS, SamplingSpec(n=1, temperature=0.0, max_new_tokens=6))
+    top1 = engine.generate(PROMPTS, SamplingSpec(n=2, temperature=0.7, top_k=1, max_new_tokens=6, seed=9))
+    assert [c.token_ids for c in top1] == [c.token_ids for c in greedy for _ in range(2)]
+    for c in top1:  # no stop token given: every row runs to the limit
+        assert len(c.token_ids) == 6 and not c.finished
+        # Log-probs are of logits / temperature over the whole vocabulary, not of the top-k filtered one (0).
+        assert all(lp < 0 for lp in c.logprobs)

@@ -61,3 +61,7 @@ def test_top_k_one_samples_the_greedy_tokens_and_hitting_the_limit_is_unfinished
         assert len(c.token_ids) == 6 and not c.finished
         # Log-probs are of logits / temperature over the whole vocabulary, not of the top-k filtered one (0).
         assert all(lp < 0 for lp in c.logprobs)
+
+
+def test_an_empty_share_of_prompts_gives_no_completions(tiny_model_dir):
+    assert HFEngine(tiny_model_dir).generate([], SamplingSpec(n=4)) == []

@@ -42,6 +42,8 @@ class HFEngine:
         media: list | None = None,
     ) -> list[Completion]:
         """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
+        if not prompts:  # an engine can be handed an empty share of a step's prompts
+            return []
         indices = list(range(len(prompts))) if indices is None else indices
         media = media or [None] * len(prompts)
         if not self.vision:  # a text model: one batch through the decode loop

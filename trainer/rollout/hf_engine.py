@@ -167,9 +167,10 @@ class HFEngine:
 
 
 class _TokenLogprobs(LogitsProcessor):
-    """First in `generate`'s processor list, so it sees each step's raw logits: keeps the log-prob, under
-    logits / temperature (the distribution the actor trains on, before top-k/top-p), of the token sampled from
-    the step before. This saves a second forward pass over the sampled sequences."""
+    """Keeps the log-prob, under logits / temperature (the distribution the actor trains on, before
+    top-k/top-p), of the token sampled from the step before: no second forward pass over the sequences.
+    It sees each step's raw logits only when it runs first: `generate` puts its own processors ahead of a
+    given list, so the engine leaves it none (a blank generation config, neutral sampling settings)."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature if temperature > 0 else 1.0

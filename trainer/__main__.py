@@ -1,5 +1,8 @@
 """`python -m trainer [recipe=NAME] [key=value ...]`: train with a Hydra recipe (default: quickstart).
 
+`python -m trainer eval [MODEL] [recipe=NAME] [key=value ...]` evaluates a model (trainer/eval_command.py);
+`python -m trainer report RUN_DIR [RUN_DIR ...]` plots runs (trainer/report.py).
+
 Extra flags: `--cfg` prints the resolved config and exits; `--list` lists recipes; `--check` checks the
 recipe in seconds (config, model folder, data, the first prompt as rollout renders it, rewards on a gold
 response) without loading weights or starting workers, and exits 0 when fine, 2 with problems.
@@ -16,6 +19,14 @@ USAGE = __doc__
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv[:1] == ["eval"]:
+        from trainer.eval_command import main as evaluate
+
+        return evaluate(argv[1:])
+    if argv[:1] == ["report"]:
+        from trainer.report import main as report
+
+        return report(argv[1:])
     from trainer.recipe_config import ConfigError, available_groups, available_recipes, compose_config
 
     if "-h" in argv or "--help" in argv:
@@ -36,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if print_only:
-        from dataclasses import asdict
+        from trainer.recipe_config import config_yaml
 
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(OmegaConf.create(asdict(cfg))))
+        print(config_yaml(cfg))
         return 0
     from trainer.hub import ModelNotFoundError, apply_offline_mode
 
@@ -50,11 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.check import run_check
 
         return run_check(cfg)
+    from pathlib import Path
+
+    from trainer.console import quiet, say
     from trainer.loop import train
     from trainer.stages.runner import run_stages
 
     try:
-        run_stages(cfg) if cfg.stages else train(cfg)
+        with quiet(Path(cfg.trainer.output_dir) / "logs", cfg.tracking.verbose) as log:
+            if log is not None:
+                say(f"[{cfg.recipe_name}] third-party output: {log} (tracking.verbose=true shows it here)")
+            run_stages(cfg) if cfg.stages else train(cfg)
     except (ModelNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -52,28 +52,11 @@ class WorkerCluster:
         """Actor (unless running), rollout engines and, with a KL term, the reference, all from `policy_path`."""
         cfg = self.cfg
         self._init_ray()
-        from trainer.workers.rollout import RolloutWorker
-
-        self.max_len = max_model_len
         # Actor and engines are built side by side (their imports and model loads overlap).
         new_actor = self.actor is None
         if new_actor:
             self.start_actor(policy_path, wait=False)
-        self.rollout = WorkerGroup(
-            "rollout", RolloutWorker, cfg.resources.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
-            env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-            model_path=policy_path, tokenizer=self.tokenizer_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype,
-            seed=cfg.trainer.seed, threads=cfg.rollout.threads,
-            **({"max_model_len": max_model_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
-                "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
-                "enforce_eager": cfg.rollout.enforce_eager,
-                "tensor_parallel_size": cfg.rollout.tensor_parallel_size,
-                "max_images_per_prompt": self.max_images_per_prompt,
-                "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
-               if cfg.rollout.engine == "vllm" else {}),
-            wait=False,
-        )
+        self.start_rollout(policy_path, max_model_len, wait=False)
         if cfg.algorithm.kl_coef > 0:
             self.reference = self.start_reference(policy_path, wait=False)
         if new_actor:
@@ -86,6 +69,33 @@ class WorkerCluster:
             self._open_weight_sync()
         elif self.sync_path == "shared_memory":
             self._open_shared_weights()
+
+    def start_rollout(self, model_path: str, max_model_len: int, wait: bool = True) -> WorkerGroup:
+        """The rollout engines alone (a standalone evaluation needs nothing else), sized for `max_model_len`
+        tokens of prompt and response; `wait=False`: see WorkerGroup."""
+        self._init_ray()
+        from trainer.workers.rollout import RolloutWorker
+
+        cfg = self.cfg
+        self.max_len = max_model_len
+        self.rollout = WorkerGroup(
+            "rollout", RolloutWorker, cfg.resources.rollout, use_ray=self.use_ray, slots=self._slots("rollout"),
+            env_vars={"VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gib), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+            model_path=model_path, tokenizer=self.tokenizer_path, engine=cfg.rollout.engine, dtype=cfg.model.dtype,
+            seed=cfg.trainer.seed, threads=cfg.rollout.threads,
+            **({"max_model_len": max_model_len, "kv_cache_gib": cfg.rollout.kv_cache_gib,
+                "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+                "max_num_seqs": cfg.rollout.max_num_seqs, "sleep_mode": self.rollout_sleeps,
+                "enforce_eager": cfg.rollout.enforce_eager,
+                "tensor_parallel_size": cfg.rollout.tensor_parallel_size,
+                "max_images_per_prompt": self.max_images_per_prompt,
+                "image_min_pixels": cfg.model.image_min_pixels, "image_max_pixels": cfg.model.image_max_pixels}
+               if cfg.rollout.engine == "vllm" else {}),
+            wait=False,
+        )
+        if wait:
+            self.rollout.ready()
+        return self.rollout
 
     def start_reference(self, model_path: str, wait: bool = True) -> WorkerGroup:
         """A frozen copy of `model_path` for log-probs (the KL term; DPO's reference); `wait=False`: see

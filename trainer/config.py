@@ -392,6 +392,28 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """`python -m trainer eval`: what to evaluate beyond greedy accuracy, and where to write it."""
+
+    k: int = 0
+    "Samples per prompt for avg@k, pass@k and maj@k (0: greedy only)."
+    temperature: Optional[float] = None
+    "Sampling temperature for the k samples (default: rollout.temperature)."
+    top_p: Optional[float] = None
+    "Nucleus sampling for the k samples (default: rollout.top_p)."
+    source: Optional[str] = None
+    "A file or dataset to evaluate on, read like data.train (with data.preprocess); default: the held-out prompts."
+    limit: Optional[int] = None
+    "At most this many prompts (the first ones)."
+    batch_prompts: int = 256
+    "Prompts per generate call (also in-training evaluation): lower it when k samples of a batch do not fit."
+    language_reward: Optional[str] = "language_consistency"
+    "Reward that scores language consistency for prompts with a `language` field (null: not measured)."
+    output: Optional[str] = None
+    "The JSON result (default: trainer.output_dir/eval/<model name>.json; completions beside it)."
+
+
+@dataclass
 class WandbConfig:
     mode: str = "auto"
     "auto (online when WANDB_API_KEY is set, else offline), online, offline or disabled."
@@ -404,6 +426,9 @@ class WandbConfig:
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     console: bool = True
+    "The progress bar and the framework's lines on the terminal."
+    verbose: bool = False
+    "Third-party output (warnings, load bars, Ray worker lines) on the terminal, not in run_dir/logs/console.log."
     samples_every: int = 10
     "Every k steps, record sample completions (W&B table `samples` and run_dir/samples.jsonl); 0 disables."
     samples_per_log: int = 8
@@ -428,6 +453,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     preset: Optional[str] = None
     "Set from `preset=NAME`: recipes/preset/<recipe>_<NAME>.yaml is applied over the recipe."
     stages: Any = field(default_factory=dict)
@@ -467,6 +493,7 @@ def plugin_problems(cfg: Config) -> list[str]:
          reward.weighting.params),
         ("reward.accuracy_reward", REWARDS, reward.accuracy_reward, None, None),
         ("filter.consistency_reward", REWARDS, cfg.filter.consistency_reward or None, None, None),
+        ("evaluation.language_reward", REWARDS, cfg.evaluation.language_reward or None, None, None),
         ("data.preprocess", PREPROCESSORS, cfg.data.preprocess or None, None, None),
         ("data.sampler", SAMPLERS, cfg.data.sampler, None, None),
         ("filter.rule", FILTER_RULES, cfg.filter.rule, None, None),
@@ -536,6 +563,10 @@ def _validate_fields(cfg: Config) -> None:
             f"actor.micro_batch_size={cfg.actor.micro_batch_size} must divide "
             f"actor.mini_batch_size={cfg.actor.mini_batch_size}"
         )
+    ev = cfg.evaluation
+    if ev.k < 0 or ev.batch_prompts < 1 or (ev.limit is not None and ev.limit < 1):
+        raise ValueError(f"evaluation.k={ev.k}, batch_prompts={ev.batch_prompts}, limit={ev.limit}: expected k >= 0, "
+                         "batch_prompts >= 1 and limit >= 1 (or null)")
     if cfg.sft.loss_agg not in ("token_mean", "seq_mean_token_mean"):
         raise ValueError(f"sft.loss_agg={cfg.sft.loss_agg!r}: expected token_mean or seq_mean_token_mean")
     if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:

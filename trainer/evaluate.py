@@ -1,6 +1,11 @@
-"""Held-out evaluation: greedy accuracy, per task and overall, in the configured thinking mode."""
+"""Held-out evaluation, in training and in `python -m trainer eval`: greedy accuracy per task and overall,
+and from k samples per prompt avg@k, pass@k (unbiased) and maj@k, with per-task and per-language tables.
+Both paths generate and score through the same functions, so their numbers agree."""
 
 from __future__ import annotations
+
+from collections import Counter
+from math import comb
 
 import numpy as np
 
@@ -9,23 +14,56 @@ from rewards.math_answer import final_boxed
 from trainer.algorithms.bpo import auto_think_share
 from trainer.collect import RolloutCollector
 from trainer.rollout.sampling import SamplingSpec
+from trainer.rollouts import Rollouts
 
 
-def evaluate(collector: RolloutCollector, samples: list[Sample]) -> dict[str, float]:
-    """Greedy accuracy on `samples`, in `rollout.eval_thinking_mode` (R-4B's auto / long / short)."""
+def thinking_mode(collector: RolloutCollector) -> str:
+    """The forced thinking-mode prefix of `rollout.eval_thinking_mode` (R-4B's auto / long / short)."""
+    return {"auto": "", "long": "thinking", "short": "non_thinking"}[collector.cfg.rollout.eval_thinking_mode]
+
+
+def generate(collector: RolloutCollector, samples: list[Sample], spec: SamplingSpec) -> Rollouts:
+    """spec.n scored completions per sample, `evaluation.batch_prompts` prompts per engine call."""
+    size = collector.cfg.evaluation.batch_prompts
+    out = Rollouts(samples=list(samples))
+    for start in range(0, len(samples), size):
+        part = collector.sample(samples[start:start + size], spec, thinking_mode(collector), first_index=start)
+        for item in part.items:
+            item.group += start
+        out.items += part.items
+        for key, count in part.failures.items():
+            out.failures[key] = out.failures.get(key, 0) + count
+        for key, seconds in part.seconds.items():
+            out.seconds[key] = out.seconds.get(key, 0.0) + seconds
+    return out
+
+
+def greedy(collector: RolloutCollector, samples: list[Sample]) -> Rollouts:
     rollout = collector.cfg.rollout
     spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=rollout.eval_max_new_tokens,
                         stop_token_ids=collector.prompts.chat.stop_ids, seed=0)
-    mode = {"auto": "", "long": "thinking", "short": "non_thinking"}[rollout.eval_thinking_mode]
-    items = collector.sample(samples, spec, mode).items
+    return generate(collector, samples, spec)
+
+
+def evaluate(collector: RolloutCollector, samples: list[Sample]) -> dict[str, float]:
+    """Greedy accuracy on `samples`, in `rollout.eval_thinking_mode`."""
+    return greedy_metrics(greedy(collector, samples), auto_mode=bool(collector.cfg.rollout.modes)
+                          and not thinking_mode(collector))
+
+
+def greedy_metrics(rollouts: Rollouts, auto_mode: bool = False) -> dict[str, float]:
+    items, samples = rollouts.items, rollouts.samples
     texts, correct = [r.text for r in items], [r.correct for r in items]
     result = {"eval/acc": float(np.mean(correct)), "eval/correct": float(sum(correct)), "eval/total": float(len(correct)),
               # How often the answer is in a closed box at all: a pretrained model often answers unboxed.
-              "eval/boxed_rate": float(np.mean([final_boxed(t)[0] is not None for t in texts]))}
-    if rollout.modes and not mode:
+              "eval/boxed_rate": float(np.mean([final_boxed(t)[0] is not None for t in texts])),
+              "eval/reward": float(np.mean([r.score for r in items])),
+              "eval/response_len": float(np.mean([len(r.completion.token_ids) for r in items])),
+              "eval/truncated_frac": float(np.mean([not r.completion.finished for r in items]))}
+    if auto_mode:
         # In auto mode the policy chooses: how often does it think?
         result["eval/auto_think_share"] = auto_think_share(texts)
-    tasks = [s.task for s in samples]
+    tasks = [samples[r.group].task for r in items]
     if len(set(tasks)) > 1:
         for task in sorted(set(tasks)):
             result[f"eval/acc/{task}"] = float(np.mean([r.correct for r, t in zip(items, tasks) if t == task]))
@@ -33,6 +71,49 @@ def evaluate(collector: RolloutCollector, samples: list[Sample]) -> dict[str, fl
             result[f"eval/reward/{task}"] = float(np.mean([r.score for r, t in zip(items, tasks) if t == task]))
         # Unweighted over tasks, so a small task counts as much as a large one.
         result["eval/acc_task_mean"] = float(np.mean([result[f"eval/acc/{task}"] for task in set(tasks)]))
+    return result
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """Whether the most frequent answer is a correct one; ties go to the answer seen first, and
+    completions with no answer do not vote (all unanswered: wrong)."""
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(a for a in answers if a is not None and votes[a] == top)
+    return next(ok for a, ok in zip(answers, correct) if a == winner)
+
+
+def k_values(k: int) -> list[int]:
+    """The k of pass@k to report from k samples: powers of two below k, and k."""
+    return sorted({2 ** i for i in range(k.bit_length()) if 2 ** i < k} | {k})
+
+
+def per_prompt(rollouts: Rollouts) -> list[dict]:
+    """Per prompt: its completions' correctness, answers and scores, in prompt order."""
+    rows = [{"correct": [], "answers": [], "scores": []} for _ in rollouts.samples]
+    for item in rollouts.items:
+        row = rows[item.group]
+        row["correct"].append(item.correct)
+        row["answers"].append(item.answer)
+        row["scores"].append(item.score)
+    return rows
+
+
+def sampled_metrics(rows: list[dict], k: int) -> dict[str, float]:
+    """avg@k, pass@j for the j of `k_values(k)`, and maj@k, averaged over prompts."""
+    result = {f"avg@{k}": float(np.mean([np.mean(r["correct"]) for r in rows]))}
+    for j in k_values(k):
+        result[f"pass@{j}"] = float(np.mean([pass_at_k(len(r["correct"]), sum(r["correct"]), j) for r in rows]))
+    result[f"maj@{k}"] = float(np.mean([majority_correct(r["answers"], r["correct"]) for r in rows]))
     return result
 
 

@@ -23,19 +23,16 @@ from data.sampler import SAMPLERS, TaskHomogeneousSampler
 from trainer.algorithms import get_advantage
 from trainer.algorithms.bpo import mode_metrics
 from trainer.batch import TrainBatch
-from trainer.chat import ChatFormat
 from trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, resume_checkpoint, save_checkpoint
 from trainer.cluster import WorkerCluster
 from trainer.collect import RolloutCollector
 from trainer.config import Config, validate
 from trainer.prompt_sets import load_prompt_sets
+from trainer.recipe_config import config_yaml
 from trainer.evaluate import evaluate, per_task_lines
-from trainer.modeling import (apply_offline_mode, context_length, load_tokenizer, prepare_model,
-                              resolve_tokenizer_path)
-from trainer.prompts import PromptRenderer, within_context
-from trainer.rollout import choose_engine
 from trainer.rollouts import Rollouts
 from trainer.scoring import Scorer
+from trainer.setup import check_image_engine, fit_to_context, prepare_policy
 from trainer.stages.sft import run_sft
 from trainer.tracking import Tracker
 
@@ -52,31 +49,15 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
-        self.base_model_path = prepare_model(cfg.model, self.run_dir, seed)
-        configured_engine = cfg.rollout.engine
-        cfg.rollout.engine = choose_engine(configured_engine, self.base_model_path,
-                                           gpus=cfg.resources.rollout.num_gpus > 0,
-                                           tensor_parallel_size=cfg.rollout.tensor_parallel_size)
-        self.tokenizer_path = resolve_tokenizer_path(cfg.model, self.base_model_path)
-        tokenizer = load_tokenizer(self.tokenizer_path)
-        self.prompts = PromptRenderer(tokenizer, ChatFormat.from_config(tokenizer, self.base_model_path, cfg.data),
-                                      self.base_model_path, cfg.model)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        policy = prepare_policy(cfg, self.run_dir)
+        self.base_model_path, self.tokenizer_path = policy.model_path, policy.tokenizer_path
+        self.prompts, self.pad_id = policy.prompts, policy.pad_id
         train, held_out = load_prompt_sets(cfg, image_dir=self.run_dir / "images")
         max_images = max((len(s.images) for s in train + held_out), default=0)
-        if cfg.rollout.engine == "vllm" and max_images and not cfg.engine.ray:
-            raise ValueError(
-                "rollout.engine=vllm with image prompts needs engine.ray=true: vLLM runs vision models on its "
-                "Transformers backend, which patches transformers' model classes in its process, so rollout needs "
-                "a process of its own (or use rollout.engine=hf)"
-            )
-        # Prompts that leave no room for a full response in the model's context are dropped up front.
-        context, limit = context_length(self.base_model_path), cfg.data.max_prompt_tokens
-        if limit is None and context is not None:
-            limit = context - max(cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens)
-        self.train_samples = within_context(self.prompts, train, limit, context, "train")
-        self.eval_samples = within_context(self.prompts, held_out, limit, context, "held-out")
+        check_image_engine(cfg, max_images)
+        self.train_samples = fit_to_context(cfg, policy, train, "train")
+        self.eval_samples = fit_to_context(cfg, policy, held_out, "held-out")
+        (self.run_dir / "config.yaml").write_text(config_yaml(cfg))  # as resolved (e.g. the engine auto chose)
         sampler, data = SAMPLERS.get(cfg.data.sampler), cfg.data
         options = {"seed": seed, "shuffle": data.shuffle, "task_weights": data.task_weights,
                    "curriculum_key": data.curriculum_key}
@@ -99,8 +80,8 @@ class Trainer:
             console=cfg.tracking.console,
             total_steps=cfg.trainer.total_steps,
         )
-        if configured_engine != cfg.rollout.engine:
-            self.tracker.print(f"[{cfg.recipe_name}] rollout.engine={configured_engine} -> {cfg.rollout.engine}")
+        if policy.configured_engine != cfg.rollout.engine:
+            self.tracker.print(f"[{cfg.recipe_name}] rollout.engine={policy.configured_engine} -> {cfg.rollout.engine}")
         self.workers = WorkerCluster(cfg, self.tokenizer_path, max_images)
         self.collector = RolloutCollector(cfg, self.prompts, self.workers, self.scorer, self.sampler)
         self.sample_rows: list[dict] = []  # completions to record for the current step

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from data.schema import Sample
 from trainer.chat import ChatFormat
+from trainer.console import say
 from trainer.rollout.sampling import Completion
 
 
@@ -84,6 +85,6 @@ def within_context(prompts: PromptRenderer, samples: list[Sample], limit: int | 
                          f"{lengths[longest]}); raise data.max_prompt_tokens or the model's context ({context}), "
                          "or lower rollout.max_new_tokens")
     if len(kept) < len(samples):
-        print(f"[data] {split}: dropped {len(samples) - len(kept)} of {len(samples)} prompts longer than {limit} "
-              f"tokens (context {context} minus the response budget; data.max_prompt_tokens)")
+        say(f"[data] {split}: dropped {len(samples) - len(kept)} of {len(samples)} prompts longer than {limit} "
+            f"tokens (context {context} minus the response budget; data.max_prompt_tokens)")
     return kept

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 
 from omegaconf import OmegaConf
 
@@ -125,3 +125,8 @@ def compose_config(overrides: list[str]) -> Config:
         return OmegaConf.to_object(composed)
     except Exception as error:  # omegaconf validation errors name the key; keep that text
         raise ConfigError(f"invalid config for recipe {recipe!r}: {error}") from None
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (`--cfg`, and `config.yaml` in every run folder)."""
+    return OmegaConf.to_yaml(OmegaConf.create(asdict(cfg)))

@@ -25,6 +25,8 @@ class Rollout:
     correct: bool = False
     terms: dict[str, float | None] = field(default_factory=dict)
     "Each reward's raw score (None where the prompt's task has no such term)."
+    answer: str | None = None
+    "The answer the accuracy reward read, normalised where it says how (majority votes compare these)."
 
 
 @dataclass
@@ -44,9 +46,9 @@ class Rollouts:
         """Per completion, the sample it answers."""
         return [self.samples[r.group] for r in self.items]
 
-    def attach_scores(self, scored: RewardBatch, correct: list[bool]) -> None:
-        for i, (item, ok) in enumerate(zip(self.items, correct)):
-            item.score, item.correct = float(scored.scores[i]), bool(ok)
+    def attach_scores(self, scored: RewardBatch, correct: list[bool], answers: list[str | None]) -> None:
+        for i, (item, ok, answer) in enumerate(zip(self.items, correct, answers)):
+            item.score, item.correct, item.answer = float(scored.scores[i]), bool(ok), answer
             item.terms = {name: values[i] for name, values in scored.components.items()}
         self.failures = dict(scored.failures)
 

@@ -28,9 +28,22 @@ class Scorer:
             scored = self.composer.apply_group_transforms(
                 scored, [r.group for r in rollouts.items], owners, [len(r.completion.token_ids) for r in rollouts.items]
             )
-        rollouts.attach_scores(scored, correct)
+        rollouts.attach_scores(scored, correct, [answer_of(d, self.cfg.accuracy_reward) for d in scored.details])
         rollouts.seconds["reward"] += time.time() - clock
         return rollouts
 
     def close(self) -> None:
         self.composer.close()
+
+
+# Detail keys rewards use for the answer they read, most normalised first: an option letter, a number, the text.
+ANSWER_KEYS = ("chosen", "pred", "extracted")
+
+
+def answer_of(details: dict, accuracy_reward: str) -> str | None:
+    """The answer the accuracy reward read from one completion (None when it read none)."""
+    read = (details["terms"].get(accuracy_reward) or {}).get("details") or {}
+    for key in ANSWER_KEYS:
+        if read.get(key) is not None:
+            return str(read[key])
+    return None

@@ -28,6 +28,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from trainer import console
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_CONSOLE_KEYS = ("reward/mean", "acc/mean", "response_len/mean", "time/step")
 METRICS_FILE = "metrics.jsonl"
@@ -59,24 +61,28 @@ def _to_float(key: str, value: Any) -> float:
         raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}") from e
 
 
-def read_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Metrics per step from `run_dir/metrics.jsonl`; the last line for a step wins."""
-    out: dict[int, dict[str, Any]] = {}
+def read_metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every line of `run_dir/metrics.jsonl` in order (a truncated last line is skipped)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return out
+        return []
+    rows = []
     with path.open() as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 # A run killed mid-write can leave a truncated last line.
                 continue
-            out[int(row["step"])] = row
-    return out
+    return rows
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Metrics per step from `run_dir/metrics.jsonl`; the last line for a step wins."""
+    return {int(row["step"]): row for row in read_metric_rows(run_dir)}
 
 
 def _new_run_id() -> str:
@@ -180,7 +186,8 @@ class Tracker:
     def _update_bar(self, step: int, values: dict[str, float]) -> None:
         if self._bar is None:
             # Created on the first log so a resumed run starts the bar at its step.
-            self._bar = tqdm(total=self.total_steps, initial=step, dynamic_ncols=True, desc="train")
+            self._bar = tqdm(total=self.total_steps, initial=step, dynamic_ncols=True, desc="train",
+                             file=console.stream())
         elif step > self._bar.n:
             self._bar.update(step - self._bar.n)
         postfix = {}
@@ -193,7 +200,7 @@ class Tracker:
 
     def print(self, msg: str) -> None:
         """Write a line above the progress bar without breaking it."""
-        tqdm.write(str(msg))
+        console.say(msg)
 
     def finish(self, exit_code: int = 0) -> None:
         if self._finished:

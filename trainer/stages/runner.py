@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainer.config import Config, validate
+from trainer.console import say
 from trainer.stages import STAGES, StageOutput
 from trainer.stages import dpo, filter, grpo, sft  # noqa: F401  (register the built-in stage types)
 
@@ -104,15 +105,15 @@ def run_stages(cfg: Config) -> list[dict]:
         record_path = stage_dir / "stage.json"
         if record_path.exists():
             record = json.loads(record_path.read_text())
-            print(describe(name, spec["type"], record["summary"]) + " (done earlier)", flush=True)
+            say(describe(name, spec["type"], record["summary"]) + " (done earlier)")
         else:
             # A filter reads the recipe's own data (not an earlier filter's output), minus prompts already used.
             stage_cfg = stage_config(cfg, name, spec, stage_dir, model, None if spec["type"] == "filter" else data)
-            print(f"[stage {name} ({spec['type']})] starting in {stage_dir}", flush=True)
+            say(f"[stage {name} ({spec['type']})] starting in {stage_dir}")
             out = _run_one(spec["type"], stage_cfg, stage_dir, used_ids)
             record = {"type": spec["type"], "model": out.model, "data": out.data or data, "summary": out.summary}
             record_path.write_text(json.dumps(record, indent=2))
-            print(describe(name, spec["type"], out.summary), flush=True)
+            say(describe(name, spec["type"], out.summary))
         model, data = record["model"], record["data"]
         if spec["type"] == "filter":
             used_ids |= {row["id"] for row in _read_rows(Path(record["data"]["train"]))}

@@ -1,0 +1,57 @@
+"""What a training run and a standalone evaluation both build before any worker starts: the model folder,
+the rollout engine's choice, the prompt renderer, and prompts that fit the model's context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.schema import Sample
+from trainer.chat import ChatFormat
+from trainer.config import Config
+from trainer.modeling import apply_offline_mode, context_length, load_tokenizer, prepare_model, resolve_tokenizer_path
+from trainer.prompts import PromptRenderer, within_context
+from trainer.rollout import choose_engine
+
+
+@dataclass
+class Policy:
+    model_path: str
+    "The model as a local Hugging Face folder (tiny models built, hub names downloaded)."
+    tokenizer_path: str
+    prompts: PromptRenderer
+    pad_id: int
+    configured_engine: str
+    "rollout.engine as configured; `cfg.rollout.engine` holds the resolved choice."
+
+
+def prepare_policy(cfg: Config, run_dir: Path) -> Policy:
+    """The model folder and its prompt renderer; resolves `rollout.engine=auto` in `cfg`."""
+    apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
+    model_path = prepare_model(cfg.model, run_dir, cfg.trainer.seed)
+    configured = cfg.rollout.engine
+    cfg.rollout.engine = choose_engine(configured, model_path, gpus=cfg.resources.rollout.num_gpus > 0,
+                                       tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+    tokenizer_path = resolve_tokenizer_path(cfg.model, model_path)
+    tokenizer = load_tokenizer(tokenizer_path)
+    prompts = PromptRenderer(tokenizer, ChatFormat.from_config(tokenizer, model_path, cfg.data), model_path, cfg.model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Policy(model_path, tokenizer_path, prompts, pad_id, configured)
+
+
+def fit_to_context(cfg: Config, policy: Policy, samples: list[Sample], split: str) -> list[Sample]:
+    """The samples whose prompt leaves room for a full response in the model's context (the rest are
+    dropped and counted up front, not failed inside the engine)."""
+    context, limit = context_length(policy.model_path), cfg.data.max_prompt_tokens
+    if limit is None and context is not None:
+        limit = context - max(cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens)
+    return within_context(policy.prompts, samples, limit, context, split)
+
+
+def check_image_engine(cfg: Config, max_images: int) -> None:
+    if cfg.rollout.engine == "vllm" and max_images and not cfg.engine.ray:
+        raise ValueError(
+            "rollout.engine=vllm with image prompts needs engine.ray=true: vLLM runs vision models on its "
+            "Transformers backend, which patches transformers' model classes in its process, so rollout needs "
+            "a process of its own (or use rollout.engine=hf)"
+        )

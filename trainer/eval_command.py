@@ -163,10 +163,11 @@ def table_lines(result: dict) -> list[str]:
     for table, label in (("by_task", "task"), ("by_language", "language")):
         rows += [(f"{label} {name}", values) for name, values in result[table].items()]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{'':<{width}}  " + "  ".join(f"{title:>9}" for _, title, _ in columns)]
+    widths = [max(8, len(title)) for _, title, _ in columns]
+    lines = [f"{'':<{width}}  " + "  ".join(f"{title:>{w}}" for (_, title, _), w in zip(columns, widths))]
     for name, values in rows:
         cells = [(fmt.format(values[key]) if key in values else "-") for key, _, fmt in columns]
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{cell:>9}" for cell in cells))
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
     return lines
 
 

@@ -160,8 +160,9 @@ def test_submit_tiny_run_to_a_local_ray_head(ray_head, tmp_path):
     status = launch("status", job_id, "--address", address, env=env)
     assert status.stdout.strip() == "SUCCEEDED"
     logs = launch("logs", job_id, "--address", address, env=env)
-    # The driver joined the head's cluster rather than starting its own.
-    assert logs.returncode == 0 and "RAY_ADDRESS" in logs.stdout
+    assert logs.returncode == 0 and "held-out accuracy after RL" in logs.stdout
+    # The driver joined the head's cluster rather than starting its own (Ray says so in the run's log).
+    assert "RAY_ADDRESS" in (out / "logs" / "console.log").read_text()
     assert "do-not-print-me" not in logs.stdout
 
     # A running job can be stopped.

@@ -386,6 +386,8 @@ class TrainerConfig:
     keep_last: int = 2
     resume: str = "auto"
     "auto: continue from the newest checkpoint in output_dir; never: refuse if one exists; or a checkpoint path."
+    expected_acc: Optional[list[float]] = None
+    "[low, high]: the held-out accuracy after RL the recipe reaches with its seed (measured); the run says if it lands there."
     eval_every: int = 0
     "Greedy held-out evaluation every k steps (always before and after RL); 0 = only those two."
     seed: int = 1
@@ -563,6 +565,9 @@ def _validate_fields(cfg: Config) -> None:
             f"actor.micro_batch_size={cfg.actor.micro_batch_size} must divide "
             f"actor.mini_batch_size={cfg.actor.mini_batch_size}"
         )
+    band = cfg.trainer.expected_acc
+    if band is not None and not (len(band) == 2 and 0.0 <= band[0] <= band[1] <= 1.0):
+        raise ValueError(f"trainer.expected_acc={list(band)}: expected [low, high] with 0 <= low <= high <= 1")
     ev = cfg.evaluation
     if ev.k < 0 or ev.batch_prompts < 1 or (ev.limit is not None and ev.limit < 1):
         raise ValueError(f"evaluation.k={ev.k}, batch_prompts={ev.batch_prompts}, limit={ev.limit}: expected k >= 0, "

@@ -133,3 +133,15 @@ def per_task_lines(before: dict, after: dict) -> list[str]:
     mean = "eval/acc_task_mean"
     lines.append(f"{'mean of tasks':<{width}}  {100 * before.get(mean, float('nan')):5.1f}% -> {100 * after[mean]:5.1f}%")
     return lines
+
+
+def band_check(acc: float, band: list[float] | None) -> tuple[bool | None, str]:
+    """Whether held-out accuracy `acc` lies in `trainer.expected_acc` ([low, high], measured for the
+    recipe with its seed), and the line that says so; (None, "") without a band."""
+    if not band:
+        return None, ""
+    low, high = band
+    inside = low <= acc <= high
+    verdict = "inside" if inside else ("OUTSIDE: learning differs from the measured runs (a regression, or "
+                                       "settings other than the recipe's)")
+    return inside, f"expected {100 * low:.0f}-{100 * high:.0f}% for this recipe and seed: {verdict}"

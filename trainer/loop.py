@@ -29,7 +29,7 @@ from trainer.collect import RolloutCollector
 from trainer.config import Config, validate
 from trainer.prompt_sets import load_prompt_sets
 from trainer.recipe_config import config_yaml
-from trainer.evaluate import evaluate, per_task_lines
+from trainer.evaluate import band_check, evaluate, per_task_lines
 from trainer.rollouts import Rollouts
 from trainer.scoring import Scorer
 from trainer.setup import check_image_engine, fit_to_context, prepare_policy
@@ -247,6 +247,10 @@ class Trainer:
             f"boxed answers {100 * after['eval/boxed_rate']:.1f}%"
         )
         for line in per_task_lines(before, after):
+            self.tracker.print(f"[{name}] {line}")
+        inside, line = band_check(after["eval/acc"], cfg.trainer.expected_acc)
+        if line:
+            summary["in_expected_band"] = inside
             self.tracker.print(f"[{name}] {line}")
         if recent_rewards:
             summary["reward_last10"] = float(np.mean(recent_rewards))

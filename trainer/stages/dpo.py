@@ -9,6 +9,7 @@ import torch
 
 from trainer.algorithms.dpo import build_preference_pairs
 from trainer.batch import TrainBatch
+from trainer.evaluate import band_check
 from trainer.rollout.sampling import SamplingSpec
 from trainer.stages import STAGES, StageOutput
 from trainer.workers.group import WorkerGroup
@@ -77,9 +78,14 @@ def dpo_stage(trainer, stage_dir: Path, used_ids: set[str]) -> StageOutput:
         if own_reference:
             reference.shutdown()
     last = history[-10:]
+    inside, line = band_check(after["eval/acc"], cfg.trainer.expected_acc)
+    if line:
+        trainer.tracker.print(f"[dpo] held-out accuracy {100 * before['eval/acc']:.1f}% -> "
+                              f"{100 * after['eval/acc']:.1f}%; {line}")
     summary = {
         "pairs": len(chosen_all), "steps": cfg.dpo.steps, "eval_before": before, "eval_after": after,
         "loss_last10": float(np.mean([m["loss"] for m in last])),
         "reward_accuracy_last10": float(np.mean([m["reward_accuracy"] for m in last])),
+        **({"in_expected_band": inside} if line else {}),
     }
     return StageOutput(str(trainer.save_model(trainer.run_dir / "final_model")), None, summary)

@@ -197,3 +197,14 @@ def test_eval_per_language_table_on_mthinker_tiny_data(tmp_path, capsys):
         assert values["avg@2"] == pytest.approx(sum(sampled) / 12)
     table = capsys.readouterr().out
     assert "language zh" in table and "pass@2" in table
+
+
+def test_eval_names_a_missing_model_without_a_traceback(tmp_path, capsys):
+    from trainer.eval_command import main
+
+    assert main([str(tmp_path / "no-such-model"), "model.offline=true", f"trainer.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    # The first line names the path; the lines after it list what was tried (trainer/hub.py), no traceback.
+    assert err.startswith("error: model.path=") and "no-such-model" in err.splitlines()[0]
+    assert "Traceback" not in err
+    assert main(["a", "b"]) == 2 and "one MODEL" in capsys.readouterr().err

@@ -65,6 +65,10 @@ def subset_metrics(indices: list[int], greedy_run: Rollouts, rows: list[dict] | 
            "reward": float(np.mean([r.score for r in items])),
            "response_len": float(np.mean([len(r.completion.token_ids) for r in items])),
            "truncated_frac": float(np.mean([not r.completion.finished for r in items]))}
+    for name in dict.fromkeys(name for r in items for name in r.terms):  # each reward term, judged ones too
+        present = [r.terms[name] for r in items if r.terms.get(name) is not None]
+        if present:
+            out[f"reward_terms/{name}"] = float(np.mean(present))
     if rows is not None:
         out.update(sampled_metrics([rows[i] for i in indices], k))
     scores = [consistency[i] for i in indices if consistency[i] is not None]

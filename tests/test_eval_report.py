@@ -208,3 +208,26 @@ def test_eval_names_a_missing_model_without_a_traceback(tmp_path, capsys):
     assert err.startswith("error: model.path=") and "no-such-model" in err.splitlines()[0]
     assert "Traceback" not in err
     assert main(["a", "b"]) == 2 and "one MODEL" in capsys.readouterr().err
+
+
+def test_language_consistency_rate_reads_the_first_completion_per_prompt():
+    from data.schema import Sample
+    from trainer.eval_command import language_scores, subset_metrics
+    from trainer.rollout.sampling import Completion
+    from trainer.rollouts import Rollout, Rollouts
+
+    french = ("<think>Nous additionnons les deux nombres ensemble, puis nous vérifions le résultat obtenu.</think>"
+              "La réponse finale est donc \\boxed{5}.")
+    english = ("<think>We add the two numbers together and then check the result we obtained.</think>"
+               "So the final answer is \\boxed{5}.")
+    samples = [Sample(prompt="2+3", metadata={"language": "fr"}), Sample(prompt="2+3", metadata={"language": "fr"}),
+               Sample(prompt="2+3")]
+    run = Rollouts(samples=samples)
+    for group, text, ok in [(0, french, True), (1, english, True), (2, english, False)]:
+        run.items.append(Rollout(group=group, prompt_ids=[1], completion=Completion(group, [5, 6], [0.0, 0.0], True),
+                                 text=text, correct=ok, score=float(ok)))
+    scores = language_scores("language_consistency", run)
+    assert scores == [1.0, 0.0, None]  # the third prompt has no language: not counted
+    overall = subset_metrics([0, 1, 2], run, None, 0, scores)
+    assert overall["language_consistency"] == 0.5 and overall["greedy_acc"] == pytest.approx(2 / 3)
+    assert language_scores(None, run) == [None, None, None]

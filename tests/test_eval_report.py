@@ -144,32 +144,38 @@ SHORT = ["engine.ray=false", "rollout.engine=hf", "tracking.wandb.mode=disabled"
          "reward.num_workers=0"]
 
 
+# The quickstart shortened to 8 RL steps on 100 held-out prompts, with the recipe's 300-step SFT: measured
+# 84% -> 93% on this machine. A regression in learning lands it outside the band and fails here.
+SHORT_QUICKSTART_BAND = (0.86, 1.0)
+
+
 @pytest.mark.slow
-def test_eval_of_the_final_model_agrees_with_the_runs_last_evaluation(tmp_path):
+def test_shortened_quickstart_lands_in_its_band_and_eval_agrees_with_its_last_evaluation(tmp_path):
     from trainer.eval_command import main
     from trainer.loop import train
     from trainer.recipe_config import compose_config
 
-    quickstart = ["recipe=quickstart", "data.num_eval=48", "sft.steps=120", *SHORT]
-    summary = train(compose_config([*quickstart, f"trainer.output_dir={tmp_path / 'run'}", "trainer.total_steps=3",
+    quickstart = ["recipe=quickstart", "data.num_eval=100", *SHORT]
+    summary = train(compose_config([*quickstart, f"trainer.output_dir={tmp_path / 'run'}", "trainer.total_steps=8",
                                     "trainer.save_every=0"]))
     trained = summary["eval_after"]
-    assert 0.05 < trained["eval/acc"] < 1.0  # a model that gets some right and some wrong: agreement means something
+    low, high = SHORT_QUICKSTART_BAND
+    assert low <= trained["eval/acc"] <= high and trained["eval/acc"] > summary["eval_before"]["eval/acc"]
+    assert summary["in_expected_band"] is False  # the recipe's band is for the full 100 steps, and says so
     out = tmp_path / "eval.json"
     assert main([str(tmp_path / "run" / "final_model"), *quickstart, f"trainer.output_dir={tmp_path / 'ev'}",
                  "evaluation.k=4", "rollout.temperature=1.0", f"evaluation.output={out}"]) == 0
     result = json.loads(out.read_text())
     assert result["metrics"]["eval/correct"] == trained["eval/correct"]
     assert result["metrics"]["eval/acc"] == trained["eval/acc"] == result["overall"]["greedy_acc"]
-    assert result["settings"]["temperature"] == 1.0 and result["overall"]["prompts"] == 48
+    assert result["settings"]["temperature"] == 1.0 and result["overall"]["prompts"] == 100
     # The estimators read the completions file back: 4 sampled completions per prompt.
     rows = [json.loads(line) for line in out.with_suffix(".completions.jsonl").read_text().splitlines()]
     sampled = [r for r in rows if r["kind"] == "sampled"]
-    assert len(sampled) == 4 * 48 and sum(r["kind"] == "greedy" for r in rows) == 48
-    per_prompt: dict[str, list[bool]] = {}
-    for r in sampled:
-        per_prompt.setdefault(r["id"], []).append(r["correct"])
-    expected = sum(pass_at_k(4, sum(c), 2) for c in per_prompt.values()) / len(per_prompt)
+    assert len(sampled) == 4 * 100 and sum(r["kind"] == "greedy" for r in rows) == 100
+    per_prompt = [[r["correct"] for r in sampled[i:i + 4]] for i in range(0, len(sampled), 4)]  # prompt order
+    assert all(len({r["id"] for r in sampled[i:i + 4]}) == 1 for i in range(0, len(sampled), 4))
+    expected = sum(pass_at_k(4, sum(c), 2) for c in per_prompt) / len(per_prompt)
     assert result["overall"]["pass@2"] == pytest.approx(expected)
     assert result["overall"]["avg@4"] <= result["overall"]["pass@2"] <= result["overall"]["pass@4"]
 

@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.loop import train
     from trainer.stages.runner import run_stages
 
+    from trainer.config import validate
+
     try:
+        if not cfg.stages:  # a staged run checks every stage's config before its first stage instead
+            validate(cfg)
         with quiet(Path(cfg.trainer.output_dir) / "logs", cfg.tracking.verbose) as log:
             if log is not None:
                 say(f"[{cfg.recipe_name}] third-party output: {log} (tracking.verbose=true shows it here)")

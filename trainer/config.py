@@ -462,6 +462,58 @@ class Config:
     "Ordered mapping name -> {type: sft|grpo|dpo|filter, config: {...partial config...}}; empty = one run."
 
 
+# Every bounded number of the schema, as an interval; checked first by `validate`, so a bad value is one
+# line naming the key, the value and what is allowed, before any worker starts. Optional keys: when set.
+RANGES = {
+    "data.prompts_per_step": "[1, inf)", "data.num_train": "[1, inf)", "data.num_eval": "[1, inf)",
+    "data.max_prompt_tokens": "[1, inf)",
+    "rollout.n": "[1, inf)", "rollout.temperature": "[0, inf)", "rollout.top_p": "(0, 1]",
+    "rollout.max_new_tokens": "[1, inf)", "rollout.eval_max_new_tokens": "[1, inf)", "rollout.kv_cache_gib": "[1, inf)",
+    "rollout.gpu_memory_utilization": "(0, 1]", "rollout.max_num_seqs": "[1, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)", "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
+    "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
+    "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
+    "algorithm.dynamic_sampling_max_rounds": "[1, inf)",
+    "actor.lr": "[0, inf)", "actor.weight_decay": "[0, inf)", "actor.warmup_steps": "[0, inf)",
+    "actor.grad_clip": "[0, inf)", "actor.epochs": "[1, inf)", "actor.threads": "[1, inf)",
+    "actor.logits_chunk_size": "[1, inf)", "actor.max_tokens_per_micro_batch": "[1, inf)",
+    "sft.steps": "[0, inf)", "sft.batch_size": "[1, inf)", "sft.lr": "[0, inf)", "sft.weight_decay": "[0, inf)",
+    "dpo.num_queries": "[1, inf)", "dpo.samples_per_query": "[2, inf)", "dpo.min_margin": "[0, inf)",
+    "dpo.beta": "(0, inf)", "dpo.nll_coef": "[0, inf)", "dpo.steps": "[0, inf)", "dpo.batch_size": "[1, inf)",
+    "dpo.temperature": "[0, inf)",
+    "filter.n": "[1, inf)", "filter.temperature": "[0, inf)", "filter.max_prompts": "[1, inf)",
+    "reward.num_workers": "[0, inf)", "reward.timeout_s": "(0, inf)",
+    "resources.rollout.count": "[1, inf)", "resources.actor.count": "[1, inf)", "resources.reference.count": "[1, inf)",
+    "resources.rollout.num_cpus": "[0, inf)", "resources.actor.num_cpus": "[0, inf)",
+    "resources.reference.num_cpus": "[0, inf)", "resources.rollout.num_gpus": "[0, inf)",
+    "resources.actor.num_gpus": "[0, inf)", "resources.reference.num_gpus": "[0, inf)", "ray.num_cpus": "[1, inf)",
+    "trainer.total_steps": "[0, inf)", "trainer.save_every": "[0, inf)", "trainer.keep_last": "[1, inf)",
+    "trainer.eval_every": "[0, inf)",
+    "tracking.samples_every": "[0, inf)", "tracking.samples_per_log": "[1, inf)",
+    "evaluation.k": "[0, inf)", "evaluation.temperature": "[0, inf)", "evaluation.top_p": "(0, 1]",
+    "evaluation.limit": "[1, inf)", "evaluation.batch_prompts": "[1, inf)",
+}
+
+
+def in_interval(value: float, interval: str) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def range_problems(cfg: Config) -> list[str]:
+    """One line per value outside its `RANGES` interval."""
+    problems = []
+    for key, interval in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not in_interval(value, interval):
+            problems.append(f"{key}={value}: expected a value in {interval}")
+    return problems
+
+
 def validate(cfg: Config, *, plugins: bool = True) -> None:
     """Cross-field checks that types alone cannot express, then (unless ``plugins=False``, for callers that
     report `plugin_problems` themselves) every plug-in name and its parameters; errors name the keys."""
@@ -542,6 +594,9 @@ def _reward_mix_problems(reward: RewardConfig) -> list[str]:
 
 
 def _validate_fields(cfg: Config) -> None:
+    problems = range_problems(cfg)
+    if problems:
+        raise ValueError("\n".join(problems))
     modes = max(1, len(cfg.rollout.modes))
     rollout_batch = cfg.data.prompts_per_step * cfg.rollout.n * modes
     if cfg.actor.mini_batch_size <= 0 or rollout_batch % cfg.actor.mini_batch_size:
@@ -568,10 +623,6 @@ def _validate_fields(cfg: Config) -> None:
     band = cfg.trainer.expected_acc
     if band is not None and not (len(band) == 2 and 0.0 <= band[0] <= band[1] <= 1.0):
         raise ValueError(f"trainer.expected_acc={list(band)}: expected [low, high] with 0 <= low <= high <= 1")
-    ev = cfg.evaluation
-    if ev.k < 0 or ev.batch_prompts < 1 or (ev.limit is not None and ev.limit < 1):
-        raise ValueError(f"evaluation.k={ev.k}, batch_prompts={ev.batch_prompts}, limit={ev.limit}: expected k >= 0, "
-                         "batch_prompts >= 1 and limit >= 1 (or null)")
     if cfg.sft.loss_agg not in ("token_mean", "seq_mean_token_mean"):
         raise ValueError(f"sft.loss_agg={cfg.sft.loss_agg!r}: expected token_mean or seq_mean_token_mean")
     if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:

@@ -118,15 +118,22 @@ def compose_config(overrides: list[str]) -> Config:
         raise ConfigError(f"{error}\nAvailable: recipe: {', '.join(available_recipes())}; {groups}") from None
     except HydraException as error:
         cause = error.__cause__ or error
-        raise ConfigError(f"{error}: {cause}") from None
+        raise ConfigError(omegaconf_line(cause) if hasattr(cause, "full_key") else f"{error}: {cause}") from None
     composed.recipe_name = recipe
     composed.preset = preset
     try:
         return OmegaConf.to_object(composed)
-    except Exception as error:  # omegaconf validation errors name the key; keep that text
-        raise ConfigError(f"invalid config for recipe {recipe!r}: {error}") from None
+    except Exception as error:  # omegaconf validation errors name the key
+        raise ConfigError(f"invalid config for recipe {recipe!r}: {omegaconf_line(error)}") from None
 
 
 def config_yaml(cfg: Config) -> str:
     """The resolved config as YAML (`--cfg`, and `config.yaml` in every run folder)."""
     return OmegaConf.to_yaml(OmegaConf.create(asdict(cfg)))
+
+
+def omegaconf_line(error: Exception) -> str:
+    """An OmegaConf error as one line, `key: what is wrong`, without its type-internals lines."""
+    key = getattr(error, "full_key", None)
+    first = (getattr(error, "msg", None) or str(error)).strip().splitlines()[0]
+    return f"{key}: {first}" if key else first

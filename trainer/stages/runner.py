@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from trainer.config import Config, validate
 from trainer.console import say
+from trainer.recipe_config import omegaconf_line
 from trainer.stages import STAGES, StageOutput
 from trainer.stages import dpo, filter, grpo, sft  # noqa: F401  (register the built-in stage types)
 
@@ -31,7 +32,7 @@ def stage_config(cfg: Config, name: str, spec: dict, stage_dir: Path, model: str
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), base, spec.get("config") or {})
     except Exception as error:  # omegaconf names the offending key
-        raise StageConfigError(f"stages.{name}.config: {error}") from None
+        raise StageConfigError(f"stages.{name}.config: {omegaconf_line(error)}") from None
     merged.trainer.output_dir = str(stage_dir)
     merged.model.path = model
     if data:

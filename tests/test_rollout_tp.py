@@ -25,7 +25,7 @@ def test_cpu_binding_gives_each_shard_its_own_cores(monkeypatch):
 @pytest.mark.parametrize("overrides, message", [
     (["rollout.tensor_parallel_size=2", "rollout.engine=hf"], "needs rollout.engine=vllm"),
     (["rollout.tensor_parallel_size=2", "resources.rollout.num_gpus=1"], r"resources.rollout.num_gpus=1(\.0)?: set it to 2"),
-    (["rollout.tensor_parallel_size=0"], "expected >= 1"),
+    (["rollout.tensor_parallel_size=0"], r"rollout.tensor_parallel_size=0: expected a value in \[1, inf\)"),
 ])
 def test_bad_tensor_parallel_settings_name_the_keys(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if log is not None:
                 say(f"[{cfg.recipe_name}] third-party output: {log} (tracking.verbose=true shows it here)")
             run_stages(cfg) if cfg.stages else train(cfg)
-    except (ModelNotFoundError, FileExistsError, ValueError) as error:
+    except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

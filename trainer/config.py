@@ -386,6 +386,8 @@ class TrainerConfig:
     keep_last: int = 2
     resume: str = "auto"
     "auto: continue from the newest checkpoint in output_dir; never: refuse if one exists; or a checkpoint path."
+    max_skipped_steps: int = 3
+    "Consecutive RL steps whose update is skipped for non-finite values (loss, gradient, advantages) before the run stops."
     expected_acc: Optional[list[float]] = None
     "[low, high]: the held-out accuracy after RL the recipe reaches with its seed (measured); the run says if it lands there."
     eval_every: int = 0
@@ -472,7 +474,7 @@ RANGES = {
     "rollout.gpu_memory_utilization": "(0, 1]", "rollout.max_num_seqs": "[1, inf)",
     "rollout.tensor_parallel_size": "[1, inf)", "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
     "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
-    "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
+    "algorithm.eps_low": "[0, inf)", "algorithm.eps_high": "[0, inf)", "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
     "algorithm.dynamic_sampling_max_rounds": "[1, inf)",
     "actor.lr": "[0, inf)", "actor.weight_decay": "[0, inf)", "actor.warmup_steps": "[0, inf)",
     "actor.grad_clip": "[0, inf)", "actor.epochs": "[1, inf)", "actor.threads": "[1, inf)",
@@ -487,7 +489,8 @@ RANGES = {
     "resources.rollout.num_cpus": "[0, inf)", "resources.actor.num_cpus": "[0, inf)",
     "resources.reference.num_cpus": "[0, inf)", "resources.rollout.num_gpus": "[0, inf)",
     "resources.actor.num_gpus": "[0, inf)", "resources.reference.num_gpus": "[0, inf)", "ray.num_cpus": "[1, inf)",
-    "trainer.total_steps": "[0, inf)", "trainer.save_every": "[0, inf)", "trainer.keep_last": "[1, inf)",
+    "trainer.total_steps": "[0, inf)", "trainer.save_every": "[0, inf)", "trainer.max_skipped_steps": "[1, inf)",
+    "trainer.keep_last": "[1, inf)",
     "trainer.eval_every": "[0, inf)",
     "tracking.samples_every": "[0, inf)", "tracking.samples_per_log": "[1, inf)",
     "evaluation.k": "[0, inf)", "evaluation.temperature": "[0, inf)", "evaluation.top_p": "(0, 1]",
@@ -627,8 +630,6 @@ def _validate_fields(cfg: Config) -> None:
         raise ValueError(f"sft.loss_agg={cfg.sft.loss_agg!r}: expected token_mean or seq_mean_token_mean")
     if cfg.sft.curriculum_key and cfg.sft.stage_steps < 1:
         raise ValueError(f"sft.stage_steps={cfg.sft.stage_steps} must be >= 1 when sft.curriculum_key is set")
-    if cfg.algorithm.eps_low < 0 or cfg.algorithm.eps_high < 0:
-        raise ValueError("algorithm.eps_low and algorithm.eps_high must be >= 0")
     if cfg.trainer.resume not in ("auto", "never") and not cfg.trainer.resume:
         raise ValueError("trainer.resume must be auto, never or a checkpoint path")
     if not cfg.reward.tasks:
@@ -653,8 +654,6 @@ def _validate_fields(cfg: Config) -> None:
     if cfg.resources.placement not in ("split", "colocate", "none"):
         raise ValueError(f"resources.placement={cfg.resources.placement!r}: expected split, colocate or none")
     tp, rollout_res = cfg.rollout.tensor_parallel_size, cfg.resources.rollout
-    if tp < 1:
-        raise ValueError(f"rollout.tensor_parallel_size={tp}: expected >= 1")
     if tp > 1 and cfg.rollout.engine not in ("vllm", "auto"):
         raise ValueError(f"rollout.tensor_parallel_size={tp} needs rollout.engine=vllm (the hf engine runs unsharded)")
     if tp > 1 and 0 < rollout_res.num_gpus < tp:

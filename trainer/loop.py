@@ -11,6 +11,7 @@ evaluation (trainer.evaluate) and the stages around RL (trainer.stages). docs/ar
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -132,6 +133,18 @@ class Trainer:
         if cfg.algorithm.filter_zero_variance:
             varied = set(rollouts.varied_groups())
             keep = [i for i, r in enumerate(rollouts.items) if r.group in varied]
+        # Guard: a completion the engine gave non-finite log-probs is dropped; non-finite advantages skip the update.
+        finite = [i for i in keep if all(math.isfinite(x) for x in rollouts.items[i].completion.logprobs)]
+        metrics["guard/dropped_nonfinite_logprobs"] = float(len(keep) - len(finite))
+        keep = finite
+        bad_advantages = int((~torch.isfinite(advantages[keep])).sum()) if keep else 0
+        metrics["guard/nonfinite_advantages"] = float(bad_advantages)
+        metrics["guard/skipped_update"] = 0.0
+        if bad_advantages:
+            metrics["guard/skipped_update"] = 1.0
+            self.tracker.print(f"[guard] step {step + 1}: {bad_advantages} non-finite advantages "
+                               f"({cfg.algorithm.advantage}); update skipped, weights unchanged")
+            keep = []
         metrics["batch/kept_completions"] = float(len(keep))
         if keep:
             kept = [rollouts.items[i] for i in keep]
@@ -168,6 +181,11 @@ class Trainer:
             timings["update"] = time.time() - clock
             if "logp_mismatch" in update_metrics:  # measured by the update when it made the old log-probs
                 metrics["logp_mismatch"] = update_metrics.pop("logp_mismatch")
+            skipped = update_metrics.pop("skipped")
+            if skipped:
+                metrics["guard/skipped_update"] = 1.0
+                self.tracker.print(f"[guard] step {step + 1}: optimiser step skipped, weights unchanged: "
+                                   + "; ".join(skipped))
             metrics.update({f"actor/{k}": v for k, v in update_metrics.items()})
             metrics["throughput/update_tokens_per_s"] = float(batch.attention_mask.sum()) / timings["update"]
 
@@ -225,8 +243,17 @@ class Trainer:
             f"boxed answers {100 * before.get('eval/boxed_rate', float('nan')):.1f}%"
         )
         recent_rewards: list[float] = []
+        skipped_in_a_row = 0
         for step in range(start_step, cfg.trainer.total_steps):
             metrics = self.step(step)
+            skipped_in_a_row = skipped_in_a_row + 1 if metrics.get("guard/skipped_update") else 0
+            if skipped_in_a_row >= cfg.trainer.max_skipped_steps:
+                self.tracker.log(step + 1, metrics)
+                raise FloatingPointError(
+                    f"{skipped_in_a_row} RL steps in a row (to step {step + 1}) skipped their update for non-finite "
+                    "values (the [guard] lines above say where); the weights are those of step "
+                    f"{step + 1 - skipped_in_a_row}. Likely causes: actor.lr too high, a reward returning inf or "
+                    "nan, or a low-precision model.dtype (trainer.max_skipped_steps)")
             recent_rewards = (recent_rewards + [metrics.get("reward/mean", float("nan"))])[-10:]
             done = step + 1
             if cfg.trainer.eval_every and done % cfg.trainer.eval_every == 0 and done < cfg.trainer.total_steps:

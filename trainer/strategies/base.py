@@ -19,7 +19,8 @@ class TrainingStrategy(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def optimizer_step(self, grad_clip: float) -> float:
-        """Clip, step, zero grads, advance the schedule; returns the pre-clip grad norm."""
+        """Clip, step, zero grads, advance the schedule; returns the pre-clip grad norm. A non-finite norm
+        skips the step (weights and optimiser state untouched) where the strategy can."""
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded CPU weights (what the rollout engine loads)."""
@@ -66,6 +67,11 @@ class TorchStrategy:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # sharded parameters (FSDP2) give a sharded norm
             grad_norm = grad_norm.full_tensor()
+        if not torch.isfinite(grad_norm):
+            # Guard: weights, optimiser moments and the schedule stay as they were (the norm is global, so
+            # every rank skips together).
+            self.optimizer.zero_grad(set_to_none=True)
+            return float(grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

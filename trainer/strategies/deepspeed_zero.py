@@ -12,6 +12,7 @@ in memory so the controller writes them atomically with the rest of its checkpoi
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -73,6 +74,10 @@ class DeepSpeedStrategy:
             raise ValueError(f"deepspeed clips at the norm it was built with ({self.grad_clip}), not {grad_clip}")
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
+        if norm is not None and not math.isfinite(float(norm)):
+            # DeepSpeed steps before it reports the norm (and checks for overflow only with fp16 loss scaling).
+            raise FloatingPointError(f"gradient norm {float(norm)} under DeepSpeed: the weights may no longer be "
+                                     "finite; resume from the last checkpoint (actor.strategy=torch/fsdp2 skip such steps)")
         return float(norm) if norm is not None else float("nan")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -121,10 +122,11 @@ class ActorWorker:
             raise ValueError("an update of several optimiser steps needs the batch's old log-probs")
         generator = torch.Generator().manual_seed(self.seed + self.updates)
         sums: dict[str, float] = defaultdict(float)
-        tokens_seen, grad_norms = 0.0, []
-        for _ in range(cfg.epochs):
+        tokens_seen, grad_norms, skipped = 0.0, [], []
+        for epoch in range(cfg.epochs):
             order = torch.randperm(len(batch), generator=generator)
             for start in range(0, len(batch), mini):
+                nonfinite = []  # this rank's micro-batches whose loss was not finite
                 mini_batch = batch.select(order[start : start + mini])
                 totals = dict(
                     num_tokens=mini_batch.response_mask.sum().clamp(min=1),
@@ -138,7 +140,7 @@ class ActorWorker:
                 # as the rank with the most response tokens in that micro-batch.
                 head_calls = [max(chunked_head_calls(mini_batch.select(plan[i] or [0]), self.logits_chunk_size)
                                   for plan in plans) for i in range(len(plans[0]))]
-                for rows, min_chunks in zip(plans[self.rank], head_calls):
+                for micro_index, (rows, min_chunks) in enumerate(zip(plans[self.rank], head_calls)):
                     weight = 1.0 if rows else 0.0
                     # Losses combine log-probs (on the model's device) with the batch's per-token tensors.
                     micro = mini_batch.select(rows or [0]).to(self.device)
@@ -160,6 +162,8 @@ class ActorWorker:
                         loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, **totals)
                         sums["kl"] += float((kl.detach() * mask).sum()) * weight
                     loss = loss * weight
+                    if not torch.isfinite(loss):
+                        nonfinite.append(micro_index)
                     # Sharded strategies average gradients over ranks; each rank holds 1/world of the sum.
                     self.strategy.backward(loss * self.world_size)
                     sums["policy_loss"] += float(loss.detach())
@@ -167,7 +171,12 @@ class ActorWorker:
                     for key, value in loss_metrics.items():
                         sums[key] += float(value) * n_tok
                     tokens_seen += n_tok
-                grad_norms.append(self.strategy.optimizer_step(cfg.grad_clip))
+                norm = self.strategy.optimizer_step(cfg.grad_clip)
+                if math.isfinite(norm):
+                    grad_norms.append(norm)
+                else:  # the strategy skipped the step
+                    where = f" (rank {self.rank} loss not finite in micro-batches {nonfinite})" if nonfinite else ""
+                    skipped.append(f"epoch {epoch} mini-batch {start // mini}: gradient norm {norm}{where}")
         self.updates += 1
         if self.world_size > 1:
             from trainer.strategies.distributed import all_reduce_sums
@@ -177,10 +186,12 @@ class ActorWorker:
             sums = totals
         optimizer_steps = len(grad_norms)
         metrics = {k: v / max(tokens_seen, 1.0) for k, v in sums.items() if k != "policy_loss"}
-        metrics["policy_loss"] = sums["policy_loss"] / max(optimizer_steps, 1)
-        metrics["grad_norm"] = sum(grad_norms) / max(optimizer_steps, 1)
+        metrics["policy_loss"] = sums["policy_loss"] / max(optimizer_steps + len(skipped), 1)
+        metrics["grad_norm"] = sum(grad_norms) / optimizer_steps if optimizer_steps else float("nan")
         metrics["optimizer_steps"] = float(optimizer_steps)
+        metrics["skipped_steps"] = float(len(skipped))
         metrics["lr"] = self.strategy.optimizer.param_groups[0]["lr"]
+        metrics["skipped"] = skipped  # why, for the controller's log line (not a metric)
         return metrics
 
     def sft(self, prompts: list[list[int]], targets: list[list[int]], *, steps: int, batch_size: int,

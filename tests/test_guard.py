@@ -1,0 +1,124 @@
+"""The numerical guard: a non-finite loss, gradient norm or advantage skips the optimiser step with the
+weights and optimiser state untouched, says which mini-batch and why, and stops the run after
+`trainer.max_skipped_steps` such steps in a row. NaN is injected through registered plug-ins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer.algorithms.advantages import ADVANTAGES
+from trainer.algorithms.policy_loss import POLICY_LOSSES, ppo_clip
+from trainer.strategies.base import TorchStrategy
+
+CALLS = {"loss": 0}
+
+
+@POLICY_LOSSES.register("test_nan_loss")
+def nan_loss(logp, old_logp, advantages, mask, *, nan_from: int = 0, nan_count: int = 1):
+    """ppo_clip, made NaN on calls nan_from .. nan_from + nan_count - 1 (0-based, counted in this process)."""
+    call = CALLS["loss"]
+    CALLS["loss"] += 1
+    loss, metrics = ppo_clip(logp, old_logp, advantages, mask)
+    return (loss * float("nan") if nan_from <= call < nan_from + nan_count else loss), metrics
+
+
+@ADVANTAGES.register("test_nan_advantage")
+def nan_advantage(rewards, group_index):
+    out = rewards - rewards.mean()
+    out[0] = float("inf")
+    return out
+
+
+def test_strategy_skips_a_non_finite_gradient_and_keeps_its_state():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    strategy = TorchStrategy(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=2, fused=False)
+    model(torch.ones(1, 4)).sum().backward()
+    assert strategy.optimizer_step(1.0) > 0  # one real step: optimiser moments exist
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in strategy.optimizer.state[model.weight].items()}
+    schedule = strategy.scheduler.state_dict()
+    (model(torch.ones(1, 4)).sum() * float("nan")).backward()
+    assert torch.isnan(torch.tensor(strategy.optimizer_step(1.0)))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(moments[k], v) for k, v in strategy.optimizer.state[model.weight].items())
+    assert strategy.scheduler.state_dict() == schedule and model.weight.grad is None
+
+
+BASE = [
+    "engine.ray=false", "rollout.engine=hf", "sft.steps=0", "data.num_train=64", "data.num_eval=4",
+    "data.prompts_per_step=4", "rollout.n=2", "rollout.max_new_tokens=8", "rollout.eval_max_new_tokens=8",
+    "actor.mini_batch_size=8", "actor.micro_batch_size=8", "reward.num_workers=0", "tracking.wandb.mode=disabled",
+    "tracking.console=false", "trainer.save_every=0",
+    "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
+]
+
+
+def weights_of(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.workers.actor.call("weights")[0].items()}
+
+
+@pytest.mark.slow
+def test_a_nan_loss_skips_one_step_and_training_goes_on(tmp_path, capsys):
+    from trainer.loop import Trainer
+    from trainer.recipe_config import compose_config
+
+    CALLS["loss"] = 0
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "algorithm.policy_loss=test_nan_loss",
+                                      "algorithm.policy_loss_params={nan_from: 1, nan_count: 1}"]))
+    trainer.start_workers(trainer.base_model_path)
+    try:
+        history, snapshots = [], [weights_of(trainer)]
+        for step in range(3):
+            history.append(trainer.step(step))
+            snapshots.append(weights_of(trainer))
+    finally:
+        trainer.close()
+    assert [m["guard/skipped_update"] for m in history] == [0.0, 1.0, 0.0]
+    assert [m["actor/optimizer_steps"] for m in history] == [1.0, 0.0, 1.0]
+    assert all(torch.equal(snapshots[2][k], v) for k, v in snapshots[1].items())  # the NaN step changed nothing
+    assert not all(torch.equal(snapshots[3][k], v) for k, v in snapshots[2].items())  # the next one trains
+    assert all(torch.isfinite(v).all() for v in snapshots[3].values())
+    out = capsys.readouterr().out
+    assert "[guard] step 2: optimiser step skipped, weights unchanged: epoch 0 mini-batch 0: gradient norm nan" in out
+    assert "loss not finite in micro-batches [0]" in out
+
+
+@pytest.mark.slow
+def test_nan_losses_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path):
+    from trainer.loop import train
+    from trainer.recipe_config import compose_config
+
+    CALLS["loss"] = 0
+    cfg = compose_config([f"trainer.output_dir={tmp_path}", *BASE, "algorithm.policy_loss=test_nan_loss",
+                          "algorithm.policy_loss_params={nan_from: 1, nan_count: 100}", "trainer.total_steps=6",
+                          "trainer.max_skipped_steps=2"])
+    with pytest.raises(FloatingPointError, match=r"2 RL steps in a row \(to step 3\).*weights are those of step 1"):
+        train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [r["step"] for r in rows if "guard/skipped_update" in r]
+    assert trained == [1, 2, 3]  # each step once, none after the stop
+    assert [r["guard/skipped_update"] for r in rows if "guard/skipped_update" in r] == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_non_finite_advantages_skip_the_update(tmp_path, capsys):
+    from trainer.loop import Trainer
+    from trainer.recipe_config import compose_config
+
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE,
+                                      "algorithm.advantage=test_nan_advantage"]))
+    trainer.start_workers(trainer.base_model_path)
+    try:
+        before = weights_of(trainer)
+        metrics = trainer.step(0)
+        after = weights_of(trainer)
+    finally:
+        trainer.close()
+    assert metrics["guard/nonfinite_advantages"] == 1.0 and metrics["guard/skipped_update"] == 1.0
+    assert metrics["batch/kept_completions"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in after.items())
+    assert "[guard] step 1: 1 non-finite advantages (test_nan_advantage); update skipped" in capsys.readouterr().out

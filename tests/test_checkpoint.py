@@ -111,3 +111,35 @@ def test_rng_round_trip_through_checkpoint(tmp_path):
     restore_rng_state(load_checkpoint(latest_checkpoint(tmp_path))["rng"])
     got = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
     assert got == expected
+
+
+FILE_LIMIT_SCRIPT = """
+import resource, signal, sys, torch
+from trainer.checkpoint import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+root = sys.argv[1]
+save_checkpoint(root, 1, {"w": torch.zeros(1000)}, keep_last=1)  # about 4 kB
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # no file may grow past 20 kB from here on
+try:
+    save_checkpoint(root, 2, {"w": torch.zeros(100_000)}, keep_last=1)  # 400 kB: the write fails midway
+except RuntimeError as error:
+    print(error)
+"""
+
+
+def test_a_write_error_keeps_the_last_checkpoint_and_says_what_space_is_needed(tmp_path):
+    # A real failing write: the OS refuses to grow a file past RLIMIT_FSIZE (as a full disk refuses a block).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "ckpt"
+    out = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, str(root)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr
+    message = out.stdout
+    assert f"failed to save checkpoint {root / 'step_00000002'}" in message and "File too large" in message
+    assert f"The last complete checkpoint {root / 'step_00000001'} is intact" in message
+    assert "this one had written 20000 when it failed" in message and f"bytes are free on {root}" in message
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]  # no partial folder, nothing pruned
+    assert load_checkpoint(latest_checkpoint(root))["w"].shape == (1000,)

@@ -98,10 +98,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
 
+    writer = None
     try:
         for name, value in state.items():
             with open(tmp / f"{name}.pt", "wb") as f:
-                torch.save(value, f)
+                writer = _RecordingFile(f)
+                torch.save(value, writer)
                 f.flush()
                 os.fsync(f.fileno())
         meta = {"step": step, "entries": list(state), "time": time.time()}
@@ -111,9 +113,11 @@ def save_checkpoint(
             os.fsync(f.fileno())
         _fsync_dir(tmp)
     except BaseException as e:
+        written = _folder_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception):
-            raise RuntimeError(f"failed to save checkpoint {final}: {e}") from e
+            cause = writer.error if writer is not None and writer.error is not None else e
+            raise RuntimeError(f"failed to save checkpoint {final}: {cause}. {_space_report(root, written)}") from e
         raise
 
     old = None
@@ -142,6 +146,38 @@ def save_checkpoint(
             if p not in keep:
                 shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+class _RecordingFile:
+    """A file whose first failed write is kept: torch.save reports one only as "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _space_report(root: Path, written: int) -> str:
+    """Where things stand after a failed save: the checkpoint still intact, the space a save needs and has."""
+    complete = _complete_checkpoints(root)
+    free = shutil.disk_usage(root).free
+    if not complete:
+        return f"No earlier checkpoint; {written} bytes were written before the error, {free} bytes are free on {root}."
+    last = complete[-1][1]
+    return (f"The last complete checkpoint {last} is intact. It took {_folder_bytes(last)} bytes; this one had "
+            f"written {written} when it failed; {free} bytes are free on {root}.")
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -45,6 +45,7 @@ class RewardBatch:
     details: list[dict]
     failures: dict[str, int] = field(default_factory=dict)
     completions: list[str] | None = None
+    failure_reasons: dict[str, str] = field(default_factory=dict)
 
 
 def accuracy_scores(batch: RewardBatch, accuracy_reward: str) -> list[float]:
@@ -177,6 +178,7 @@ class RewardComposer:
         raw: list[dict[str, float]] = [{} for _ in range(n)]
         outputs: list[dict[str, Any]] = [{} for _ in range(n)]
         failures: Counter[str] = Counter()
+        reasons: dict[str, str] = {}
         for (i, term), (output, error) in zip(owners, results):
             raw[i][term.name] = output.score
             entry = {"score": output.score, "weight": term.weight, **({"error": error} if error else {})}
@@ -184,6 +186,8 @@ class RewardComposer:
             outputs[i][term.name] = entry
             if error:
                 failures[f"{term.name}/{error}"] += 1
+                why = output.details.get("error") or output.details.get("reason") or error
+                reasons.setdefault(f"{term.name}/{error}", str(why))
 
         components: dict[str, list[float | None]] = {name: [None] * n for name in self.reward_names}
         scores, details = [], []
@@ -199,7 +203,7 @@ class RewardComposer:
             scores.append(total)
             details.append({"task": samples[i].task, "terms": outputs[i]})
         return RewardBatch(scores=scores, components=components, details=details, failures=dict(failures),
-                           completions=list(completions))
+                           completions=list(completions), failure_reasons=reasons)
 
     def transforms_for(self, task: str) -> list[tuple[GroupTransformSpec, dict]]:
         """The task's group transforms, else those of ``default``, else none."""
@@ -254,7 +258,7 @@ class RewardComposer:
             for k, i in enumerate(members):
                 scores[i] = before[k]
         return RewardBatch(scores=scores, components=components, details=details, failures=dict(batch.failures),
-                           completions=batch.completions)
+                           completions=batch.completions, failure_reasons=dict(batch.failure_reasons))
 
     def _run_jobs(self, jobs: list) -> list:
         """Executor results per job, except rewards registered with a ``batch`` version (LLM judges): those

@@ -104,7 +104,8 @@ def cross_lingual_batch(completions: list[str], samples: list[Sample], **params:
         client = client_from_params(params)
         for i, reply in zip(owners, client.judge_many(requests)):
             if reply is None:
-                outputs[i] = RewardOutput(0.0, {"error": f"judge gave no reply ({client.last_error})"})
+                error = f"judge at {client.base_url} gave no reply ({client.last_error})"
+                outputs[i] = RewardOutput(0.0, {"error": error})
             else:
                 outputs[i] = score_alignment(reply)
     return outputs  # type: ignore[return-value]

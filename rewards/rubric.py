@@ -114,7 +114,8 @@ def rubric_batch(completions: list[str], samples: list[Sample], **params: Any) -
             missing = sum(reply is None for reply in got)
             if missing:
                 outputs[i] = RewardOutput(0.0, {
-                    "error": f"judge gave no reply for {missing} of {len(got)} criteria ({client.last_error})",
+                    "error": f"judge at {client.base_url} gave no reply for {missing} of {len(got)} criteria "
+                             f"({client.last_error})",
                 })
                 continue
             outputs[i] = score_rubrics(rubrics, [parse_verdict(reply) for reply in got])

@@ -122,3 +122,60 @@ def test_non_finite_advantages_skip_the_update(tmp_path, capsys):
     assert metrics["batch/kept_completions"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in after.items())
     assert "[guard] step 1: 1 non-finite advantages (test_nan_advantage); update skipped" in capsys.readouterr().out
+
+
+def failing_judge():
+    """A real HTTP judge endpoint that answers every request with 503 (an overloaded or broken server)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from rewards.judge_server import serve_in_background
+
+    async def down(request):
+        return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+
+    return serve_in_background(app=Starlette(routes=[Route("/v1/chat/completions", down, methods=["POST"])]))
+
+
+def judged(url: str, weight: float = 0.5) -> str:
+    return ("reward.tasks={rubric: [{name: rubric_checks, weight: 1.0}, {name: rubric, weight: " + str(weight)
+            + ", params: {base_url: '" + url + "', model: judge, max_retries: 1, backoff_s: 0.01, timeout_s: 5}}]}")
+
+
+JUDGED = [*BASE[:-1], "data.train=synthetic:rubric_short_answers", "reward.accuracy_reward=rubric_checks"]
+
+
+@pytest.mark.slow
+def test_a_judge_that_is_down_is_counted_named_and_stops_the_run(tmp_path, capsys):
+    from trainer.loop import train
+    from trainer.recipe_config import compose_config
+    from trainer.scoring import RewardFailureError
+
+    url, stop = failing_judge()
+    try:
+        with pytest.raises(RewardFailureError, match=r"rubric/error failed on 8 of 8 completions .* judge at "
+                                                      + url.replace(".", r"\.") + " gave no reply"):
+            train(compose_config([f"trainer.output_dir={tmp_path}", *JUDGED, judged(url), "trainer.total_steps=3"]))
+    finally:
+        stop()
+    # It stopped at the first step's scores: nothing was trained on them.
+    rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"reward/mean"' in line]
+    assert rows == [] and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_judge_failing_below_the_limit_is_a_warning_and_a_metric(tmp_path, capsys):
+    from trainer.loop import train
+    from trainer.recipe_config import compose_config
+
+    url, stop = failing_judge()
+    try:
+        train(compose_config([f"trainer.output_dir={tmp_path}", *JUDGED, judged(url), "trainer.total_steps=2",
+                              "reward.max_failure_frac=1.0"]))
+    finally:
+        stop()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "reward/mean" in r]
+    assert [r["step"] for r in trained] == [1, 2] and all(r["reward_failures/rubric/error"] == 8 for r in trained)
+    assert f"[reward] step 2: rubric/error failed on 8 of 8 completions (scored 0): judge at {url}" in capsys.readouterr().out

@@ -106,11 +106,13 @@ def test_rubrics_column_takes_precedence_over_ground_truth():
 def test_unanswered_judge_is_a_counted_failure():
     sample = Sample(prompt="q", ground_truth=RUBRICS[:1])
     params = judge_params(closed_url(), max_retries=0)
-    with pytest.raises(RuntimeError, match="judge gave no reply for 1 of 1"):
+    with pytest.raises(RuntimeError, match="judge at http://127.0.0.1:[0-9]+/v1 gave no reply for 1 of 1"):
         rubric("a", sample, **params)
     with RewardComposer({"default": [{"name": "rubric", "params": params}]}, num_workers=0) as composer:
         batch = composer.score(["a"], [sample])
     assert batch.scores == [0.0] and batch.failures == {"rubric/error": 1}
+    # The reason names the endpoint, so the run's warning can say which judge is down.
+    assert batch.failure_reasons["rubric/error"].startswith(f"judge at {params['base_url']} gave no reply")
 
 
 def test_registry_and_config_validation():

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.stages.runner import run_stages
 
     from trainer.config import validate
+    from trainer.scoring import RewardFailureError
 
     try:
         if not cfg.stages:  # a staged run checks every stage's config before its first stage instead
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             if log is not None:
                 say(f"[{cfg.recipe_name}] third-party output: {log} (tracking.verbose=true shows it here)")
             run_stages(cfg) if cfg.stages else train(cfg)
-    except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError) as error:
+    except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError, RewardFailureError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -339,6 +339,8 @@ class RewardConfig:
     "Reward worker processes; 0 scores in-process."
     timeout_s: float = 5.0
     "Time limit per reward call; a call past it scores 0 and is counted."
+    max_failure_frac: float = 0.5
+    "Stop when a reward term fails (time-out, error, judge down) on more than this fraction of a step's completions."
     accuracy_reward: str = "boxed_answer"
     "The reward whose score >= 1 marks a completion correct in `acc/*` metrics (else the total score >= 1)."
     correct_at: Any = field(default_factory=dict)
@@ -484,7 +486,7 @@ RANGES = {
     "dpo.beta": "(0, inf)", "dpo.nll_coef": "[0, inf)", "dpo.steps": "[0, inf)", "dpo.batch_size": "[1, inf)",
     "dpo.temperature": "[0, inf)",
     "filter.n": "[1, inf)", "filter.temperature": "[0, inf)", "filter.max_prompts": "[1, inf)",
-    "reward.num_workers": "[0, inf)", "reward.timeout_s": "(0, inf)",
+    "reward.num_workers": "[0, inf)", "reward.timeout_s": "(0, inf)", "reward.max_failure_frac": "[0, 1]",
     "resources.rollout.count": "[1, inf)", "resources.actor.count": "[1, inf)", "resources.reference.count": "[1, inf)",
     "resources.rollout.num_cpus": "[0, inf)", "resources.actor.num_cpus": "[0, inf)",
     "resources.reference.num_cpus": "[0, inf)", "resources.rollout.num_gpus": "[0, inf)",

@@ -25,17 +25,8 @@ def thinking_mode(collector: RolloutCollector) -> str:
 def generate(collector: RolloutCollector, samples: list[Sample], spec: SamplingSpec) -> Rollouts:
     """spec.n scored completions per sample, `evaluation.batch_prompts` prompts per engine call."""
     size = collector.cfg.evaluation.batch_prompts
-    out = Rollouts(samples=list(samples))
-    for start in range(0, len(samples), size):
-        part = collector.sample(samples[start:start + size], spec, thinking_mode(collector), first_index=start)
-        for item in part.items:
-            item.group += start
-        out.items += part.items
-        for key, count in part.failures.items():
-            out.failures[key] = out.failures.get(key, 0) + count
-        for key, seconds in part.seconds.items():
-            out.seconds[key] = out.seconds.get(key, 0.0) + seconds
-    return out
+    return Rollouts.concat([collector.sample(samples[start:start + size], spec, thinking_mode(collector),
+                                             first_index=start) for start in range(0, len(samples), size)])
 
 
 def greedy(collector: RolloutCollector, samples: list[Sample]) -> Rollouts:

@@ -32,7 +32,7 @@ from trainer.prompt_sets import load_prompt_sets
 from trainer.recipe_config import config_yaml
 from trainer.evaluate import band_check, evaluate, per_task_lines
 from trainer.rollouts import Rollouts
-from trainer.scoring import Scorer
+from trainer.scoring import Scorer, failure_lines
 from trainer.setup import check_image_engine, fit_to_context, prepare_policy
 from trainer.stages.sft import run_sft
 from trainer.tracking import Tracker
@@ -104,6 +104,8 @@ class Trainer:
         self.sample_rows = []
         rollouts, metrics = self.collector.collect(step)
         timings.update(rollouts.seconds)
+        for line in failure_lines(rollouts, cfg.reward.max_failure_frac):  # stops the run past the limit
+            self.tracker.print(f"[reward] step {step + 1}: {line}")
         if not rollouts.items:
             metrics["batch/kept_completions"] = 0.0
             metrics.update({f"time/{k}": v for k, v in timings.items()})

@@ -37,6 +37,8 @@ class Rollouts:
     "Completions of a prompt are contiguous, in prompt order."
     failures: dict[str, int] = field(default_factory=dict)
     "Reward calls that timed out or raised, by `reward/timeout|error`."
+    failure_reasons: dict[str, str] = field(default_factory=dict)
+    "The first error of each `failures` key (a judge's names its endpoint)."
     seconds: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
     "Wall time spent generating and scoring these rollouts (summed over dynamic-sampling rounds)."
     media: list | None = None
@@ -50,7 +52,7 @@ class Rollouts:
         for i, (item, ok, answer) in enumerate(zip(self.items, correct, answers)):
             item.score, item.correct, item.answer = float(scored.scores[i]), bool(ok), answer
             item.terms = {name: values[i] for name, values in scored.components.items()}
-        self.failures = dict(scored.failures)
+        self.failures, self.failure_reasons = dict(scored.failures), dict(scored.failure_reasons)
 
     def table_rows(self, limit: int) -> list[dict]:
         """Up to `limit` completions for inspection, one prompt after another (first completion of
@@ -94,6 +96,7 @@ class Rollouts:
             out.items += [replace(r, group=r.group + offset) for r in part.items]
             for key, count in part.failures.items():
                 out.failures[key] = out.failures.get(key, 0) + count
+                out.failure_reasons.setdefault(key, part.failure_reasons.get(key, ""))
             for key, seconds in part.seconds.items():
                 out.seconds[key] += seconds
         return out

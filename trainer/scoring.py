@@ -10,6 +10,10 @@ from trainer.config import RewardConfig
 from trainer.rollouts import Rollouts
 
 
+class RewardFailureError(RuntimeError):
+    """Too many reward calls failed in one step to train on its scores."""
+
+
 class Scorer:
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
@@ -47,3 +51,17 @@ def answer_of(details: dict, accuracy_reward: str) -> str | None:
         if read.get(key) is not None:
             return str(read[key])
     return None
+
+
+def failure_lines(rollouts: Rollouts, max_fraction: float) -> list[str]:
+    """One warning per failing reward term (how many completions, the first reason); RewardFailureError when
+    more than `max_fraction` of the completions had a term fail (`reward.max_failure_frac`)."""
+    total = max(len(rollouts.items), 1)
+    lines = [f"{key} failed on {count} of {total} completions (scored 0): {rollouts.failure_reasons.get(key, '')}"
+             for key, count in sorted(rollouts.failures.items())]
+    worst = max(rollouts.failures.values(), default=0)
+    if worst / total > max_fraction:
+        raise RewardFailureError(f"reward failures above reward.max_failure_frac={max_fraction}: " + "; ".join(lines)
+                                 + ". Training on these scores would learn from zeros; fix the endpoint or the reward,"
+                                 " then resume (the last checkpoint is intact)")
+    return lines

@@ -56,3 +56,37 @@ def fixture_exit(completion, sample):
 def fixture_len_if_even(completion, sample):
     """Length for prompts whose first digit is even, else 0: odd prompts' groups have no variance."""
     return float(len(completion)) if int(sample.prompt[0]) % 2 == 0 else 0.0
+
+
+CALLS = {"kill_actor": 0}
+
+
+@register_reward("fixture_kill_actor")
+def fixture_kill_actor(completion, sample, *, at_call: int = -1):
+    """On this process's call number `at_call` (0-based): SIGKILL the Ray actor worker process
+    (`ray::ActorWorker`) of this process's own Ray, as an OOM kill would, while the controller is scoring.
+    Scores the length."""
+    import signal
+    from pathlib import Path
+
+    def parent(pid: int) -> int:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    def ours(pid: int) -> bool:  # a descendant of this process (its local Ray: raylet, then the worker)
+        for _ in range(4):
+            pid = parent(pid)
+            if pid == os.getpid():
+                return True
+        return False
+
+    call = CALLS["kill_actor"]
+    CALLS["kill_actor"] += 1
+    if call == at_call:
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ActorWorker") \
+                        and ours(int(proc.name)):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
+    return float(len(completion))

@@ -179,3 +179,59 @@ def test_a_judge_failing_below_the_limit_is_a_warning_and_a_metric(tmp_path, cap
     trained = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in trained] == [1, 2] and all(r["reward_failures/rubric/error"] == 8 for r in trained)
     assert f"[reward] step 2: rubric/error failed on 8 of 8 completions (scored 0): judge at {url}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_killed_rollout_worker_is_replaced_and_the_run_matches_an_unbroken_one(tmp_path, capsys):
+    import ray
+
+    from trainer.loop import Trainer
+    from trainer.recipe_config import compose_config
+
+    on_ray = [o for o in BASE if o != "engine.ray=false"] + ["engine.ray=true"]
+
+    def run(folder, kill_before: int | None):
+        trainer = Trainer(compose_config([f"trainer.output_dir={folder}", *on_ray]))
+        trainer.start_workers(trainer.base_model_path)
+        try:
+            history = []
+            for step in range(3):
+                if step == kill_before:
+                    ray.kill(trainer.workers.rollout.workers[0])  # the engine process is gone mid-run
+                history.append(trainer.step(step))
+            return history, weights_of(trainer)
+        finally:
+            trainer.close()
+
+    straight, straight_weights = run(tmp_path / "straight", None)
+    broken, broken_weights = run(tmp_path / "broken", 1)
+    assert [m["workers/restarts"] for m in broken] == [0.0, 1.0, 1.0]
+    for key in ("reward/mean", "response_len/sum", "actor/policy_loss", "actor/grad_norm"):
+        assert [m[key] for m in broken] == [m[key] for m in straight], key  # the same samples, the same updates
+    assert all(torch.equal(broken_weights[k], v) for k, v in straight_weights.items())
+    out = capsys.readouterr().out
+    assert "[recovery] rollout worker died during 'generate'" in out and "restarting the rollout workers (1 of" in out
+
+
+@pytest.mark.slow
+def test_a_killed_actor_stops_with_the_resume_command_and_the_resume_finishes(tmp_path, capsys):
+    import shlex
+
+    from tests import reward_fixtures
+    from trainer.__main__ import main
+
+    reward_fixtures.CALLS["kill_actor"] = 0
+    # Reward calls: 4 for the evaluation before RL, 8 in step 1, then step 2's: call 14 is inside step 2.
+    args = [f"trainer.output_dir={tmp_path / 'run'}", *[o for o in BASE if o != "engine.ray=false"][:-1],
+            "engine.ray=true", "trainer.total_steps=3", "trainer.save_every=1",
+            "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}, "
+            "{name: 'tests.reward_fixtures:fixture_kill_actor', weight: 0.0, params: {at_call: 14}}]}"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "error: actor worker died during" in err
+    command = err.split("resume from the last checkpoint with: ")[1].strip()
+    assert command.startswith("python -m trainer ") and command.endswith("trainer.resume=auto")
+    assert main(shlex.split(command)[3:]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2, 3]  # step 2 died unlogged; resumed once
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3

@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_check(cfg)
     from pathlib import Path
 
+    from trainer.config import validate
     from trainer.console import quiet, say
     from trainer.loop import train
-    from trainer.stages.runner import run_stages
-
-    from trainer.config import validate
     from trainer.scoring import RewardFailureError
+    from trainer.stages.runner import run_stages
+    from trainer.workers.group import WorkerDiedError
 
     try:
         if not cfg.stages:  # a staged run checks every stage's config before its first stage instead
@@ -78,7 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError, RewardFailureError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkerDiedError as error:
+        # The actor, or a role past trainer.max_worker_restarts: the checkpoints are intact, so resume.
+        print(f"error: {error}\nresume from the last checkpoint with: {resume_command(overrides)}", file=sys.stderr)
+        return 3
     return 0
+
+
+def resume_command(overrides: list[str]) -> str:
+    """The command that continues this run from its newest checkpoint (trainer.resume=auto)."""
+    import shlex
+
+    kept = [o for o in overrides if not o.startswith("trainer.resume=")] + ["trainer.resume=auto"]
+    return " ".join(["python", "-m", "trainer", *map(shlex.quote, kept)])
 
 
 if __name__ == "__main__":

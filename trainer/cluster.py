@@ -21,6 +21,8 @@ class WorkerCluster:
         self.placement = None  # role -> placement-group seats, once Ray is up
         self.weight_layout = None  # tensor layout of the actor->rollout weights (collective, shared_memory)
         self.sync_path: str | None = None  # rollout.weight_sync, with auto resolved, from start()
+        self.policy_path: str | None = None  # what the engines and the reference start from, from start()
+        self.restarts = 0  # workers replaced after dying (trainer.max_worker_restarts)
         res = cfg.resources
         # Colocated on GPUs, the rollout engine frees its memory while the actor trains.
         self.rollout_sleeps = res.placement == "colocate" and res.rollout.num_gpus > 0 and cfg.rollout.engine == "vllm"
@@ -52,6 +54,7 @@ class WorkerCluster:
         """Actor (unless running), rollout engines and, with a KL term, the reference, all from `policy_path`."""
         cfg = self.cfg
         self._init_ray()
+        self.policy_path = policy_path
         # Actor and engines are built side by side (their imports and model loads overlap).
         new_actor = self.actor is None
         if new_actor:
@@ -65,6 +68,9 @@ class WorkerCluster:
         if self.reference is not None:
             self.reference.ready()
         self.sync_path = self._sync_path()
+        self._open_sync()
+
+    def _open_sync(self) -> None:
         if self.sync_path == "collective":
             self._open_weight_sync()
         elif self.sync_path == "shared_memory":
@@ -139,7 +145,7 @@ class WorkerCluster:
             indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
         else:
             indexed = [(first_index + i, p, m) for i, (p, m) in enumerate(zip(prompts, media))]
-        completions = self.rollout.scatter("generate", indexed, spec)
+        completions = self._recovering("rollout", lambda: self.rollout.scatter("generate", indexed, spec))
         expected = [first_index + i for i in range(len(prompts)) for _ in range(spec.n)]
         if [c.prompt_index for c in completions] != expected:
             raise RuntimeError("rollout returned completions out of prompt order")
@@ -190,6 +196,9 @@ class WorkerCluster:
 
     def sync_weights(self) -> None:
         """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
+        self._recovering("rollout", self._push_weights)
+
+    def _push_weights(self) -> None:
         if self.rollout_sleeps:
             self.rollout.call("wake_up")
         if self.sync_path == "shared_memory":
@@ -204,6 +213,51 @@ class WorkerCluster:
             return
         weights = self.actor.call_async("weights")[0]
         self.rollout.call("load_weights", weights)
+
+    # ----- recovery -----------------------------------------------------------------------------
+    def _recovering(self, role: str, call):
+        """`call()`, and again after replacing `role`'s workers each time one dies (up to
+        trainer.max_worker_restarts in the run). Each call is a whole unit (a generate with its seeds, a
+        weight push), so repeating it neither loses nor repeats work."""
+        from trainer.console import say
+        from trainer.workers.group import WorkerDiedError
+
+        while True:
+            try:
+                return call()
+            except WorkerDiedError as error:
+                if error.role != role or self.restarts >= self.cfg.trainer.max_worker_restarts:
+                    raise
+                self.restarts += 1
+                say(f"[recovery] {error}; restarting the {role} workers "
+                    f"({self.restarts} of trainer.max_worker_restarts={self.cfg.trainer.max_worker_restarts})")
+                self._replace(role)
+
+    def _replace(self, role: str) -> None:
+        """New `role` workers from the run's policy folder; rollout engines then get the actor's current weights."""
+        old = getattr(self, role)
+        try:
+            old.shutdown(close_timeout_s=5.0)
+        except Exception:  # noqa: BLE001 - the group is half dead; what is left goes with it
+            pass
+        if role == "reference":
+            self.reference = self.start_reference(self.policy_path)
+            return
+        self.start_rollout(self.policy_path, self.max_len)
+        self._open_sync()
+        self._push_weights()
+
+    def reference_log_probs(self, batch, temperature: float, pending: list | None = None):
+        """The reference's log-probs of `batch`: from `pending` (an earlier `call_async`) when given, and
+        computed again on new workers if the reference died."""
+        def compute():
+            nonlocal pending
+            if pending is not None:
+                refs, pending = pending, None
+                return self.reference.wait(refs, "log_probs")[0]
+            return self.reference.call("log_probs", batch, temperature)[0]
+
+        return self._recovering("reference", compute)
 
     def _layout(self) -> list:
         """The weights' layout, asked of the actor once (collective for sharded strategies)."""

@@ -388,6 +388,8 @@ class TrainerConfig:
     keep_last: int = 2
     resume: str = "auto"
     "auto: continue from the newest checkpoint in output_dir; never: refuse if one exists; or a checkpoint path."
+    max_worker_restarts: int = 3
+    "Rollout or reference workers replaced after dying, in the whole run, before a death stops it."
     max_skipped_steps: int = 3
     "Consecutive RL steps whose update is skipped for non-finite values (loss, gradient, advantages) before the run stops."
     expected_acc: Optional[list[float]] = None
@@ -492,6 +494,7 @@ RANGES = {
     "resources.reference.num_cpus": "[0, inf)", "resources.rollout.num_gpus": "[0, inf)",
     "resources.actor.num_gpus": "[0, inf)", "resources.reference.num_gpus": "[0, inf)", "ray.num_cpus": "[1, inf)",
     "trainer.total_steps": "[0, inf)", "trainer.save_every": "[0, inf)", "trainer.max_skipped_steps": "[1, inf)",
+    "trainer.max_worker_restarts": "[0, inf)",
     "trainer.keep_last": "[1, inf)",
     "trainer.eval_every": "[0, inf)",
     "tracking.samples_every": "[0, inf)", "tracking.samples_per_log": "[1, inf)",

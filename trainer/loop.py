@@ -175,7 +175,7 @@ class Trainer:
                 metrics["logp_mismatch"] = float(((batch.rollout_logprobs - batch.old_logprobs).abs() * mask).sum()
                                                  / mask.sum())
             if ref is not None:
-                batch.ref_logprobs = workers.reference.wait(ref, "log_probs")[0]
+                batch.ref_logprobs = workers.reference_log_probs(batch, temperature, pending=ref)
                 timings["reference"] = time.time() - clock - timings.get("old_logprobs", 0.0)
 
             clock = time.time()
@@ -194,6 +194,7 @@ class Trainer:
             clock = time.time()
             workers.sync_weights()
             timings["sync"] = time.time() - clock
+        metrics["workers/restarts"] = float(workers.restarts)  # in the run so far
         metrics["throughput/rollout_tokens_per_s"] = metrics["response_len/sum"] / max(timings["generate"], 1e-9)
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["time/step"] = sum(timings.values())

@@ -15,7 +15,9 @@ from trainer.config import RoleResources
 
 
 class WorkerDiedError(RuntimeError):
-    pass
+    def __init__(self, message: str, role: str | None = None):
+        super().__init__(message)
+        self.role = role
 
 
 def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> None:
@@ -109,7 +111,7 @@ class WorkerGroup:
         try:
             return ray.get(refs)
         except ray.exceptions.RayActorError as error:
-            raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}") from None
+            raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Call `method` on every worker with the same arguments; one result per worker."""

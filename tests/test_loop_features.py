@@ -140,6 +140,14 @@ def test_overlong_prompts_are_dropped_and_counted_before_any_worker(tmp_path, ca
         assert len(trainer.train_samples) < 64
     finally:
         trainer.close()
+    # data.overlong_prompts=error: the first overlong prompt stops the run before any worker, by name.
+    with pytest.raises(ValueError, match=r"train prompt \d+ \(sample 'add-[0-9-]+'\) has \d+ tokens, over 5 "
+                                         r".*of 64 are over \(data.overlong_prompts=skip drops them\)"):
+        Trainer(compose_config([f"trainer.output_dir={tmp_path}/d", *BASE, "data.max_prompt_tokens=5",
+                                "data.overlong_prompts=error"]))
+    # A response budget as long as the context leaves no room for any prompt: said up front.
+    with pytest.raises(ValueError, match=r"eval_max_new_tokens=256: the model's context is 256 tokens"):
+        Trainer(compose_config([f"trainer.output_dir={tmp_path}/e", *BASE, "rollout.eval_max_new_tokens=256"]))
 
 
 def test_chat_template_prompts_and_the_opened_think_reach_rollout_and_rewards(tmp_path, tiny_model_dir):

@@ -108,6 +108,8 @@ class DataConfig:
     max_prompt_tokens: Optional[int] = None
     """Prompts longer than this many tokens are dropped and counted at start-up; None = the model's context
     (max_position_embeddings) minus the longer of rollout.max_new_tokens and eval_max_new_tokens."""
+    overlong_prompts: str = "skip"
+    "skip: drop prompts over max_prompt_tokens and count them; error: stop before any worker, naming the first one."
     apply_chat_template_kwargs: Any = field(default_factory=dict)
     "Extra chat-template variables, e.g. {enable_thinking: false} (Qwen3) or {thinking_mode: short} (R-4B)."
 
@@ -612,6 +614,8 @@ def _validate_fields(cfg: Config) -> None:
             f"actor.mini_batch_size={cfg.actor.mini_batch_size} must divide the rollout batch "
             f"data.prompts_per_step * rollout.n{' * len(rollout.modes)' if modes > 1 else ''} = {rollout_batch}"
         )
+    if cfg.data.overlong_prompts not in ("skip", "error"):
+        raise ValueError(f"data.overlong_prompts={cfg.data.overlong_prompts!r}: expected skip or error")
     if cfg.rollout.eval_thinking_mode not in ("auto", "long", "short"):
         raise ValueError(f"rollout.eval_thinking_mode={cfg.rollout.eval_thinking_mode!r}: expected auto, long or short")
     if cfg.rollout.multiturn.turns > 1:

@@ -72,13 +72,19 @@ class PromptRenderer:
 
 
 def within_context(prompts: PromptRenderer, samples: list[Sample], limit: int | None, context: int | None,
-                   split: str) -> list[Sample]:
+                   split: str, overlong: str = "skip") -> list[Sample]:
     """The samples whose prompt is at most `limit` tokens; the rest are dropped and counted here rather
-    than failing inside the rollout engine."""
+    than failing inside the rollout engine (`overlong="error"`: the first one stops the run instead)."""
     if limit is None or not samples:
         return samples
     lengths = [len(prompts.ids(s)) for s in samples]
     kept = [s for s, n in zip(samples, lengths) if n <= limit]
+    if overlong == "error" and len(kept) < len(samples):
+        first = next(i for i, n in enumerate(lengths) if n > limit)
+        raise ValueError(f"{split} prompt {first} (sample {samples[first].id!r}) has {lengths[first]} tokens, over "
+                         f"{limit} (the model's context {context} minus the response budget, or "
+                         f"data.max_prompt_tokens); {len(samples) - len(kept)} of {len(samples)} are over "
+                         "(data.overlong_prompts=skip drops them)")
     if not kept:
         longest = max(range(len(samples)), key=lengths.__getitem__)
         raise ValueError(f"every {split} prompt is longer than {limit} tokens (e.g. sample {samples[longest].id!r}: "

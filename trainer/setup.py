@@ -43,9 +43,14 @@ def fit_to_context(cfg: Config, policy: Policy, samples: list[Sample], split: st
     """The samples whose prompt leaves room for a full response in the model's context (the rest are
     dropped and counted up front, not failed inside the engine)."""
     context, limit = context_length(policy.model_path), cfg.data.max_prompt_tokens
+    response = max(cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens)
+    if context is not None and response >= context:
+        raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} / eval_max_new_tokens="
+                         f"{cfg.rollout.eval_max_new_tokens}: the model's context is {context} tokens, so no prompt "
+                         "would fit before a full response")
     if limit is None and context is not None:
-        limit = context - max(cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens)
-    return within_context(policy.prompts, samples, limit, context, split)
+        limit = context - response
+    return within_context(policy.prompts, samples, limit, context, split, cfg.data.overlong_prompts)
 
 
 def check_image_engine(cfg: Config, max_images: int) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from trainer.algorithms.advantages import ADVANTAGES
 from trainer.algorithms.policy_loss import POLICY_LOSSES, ppo_clip
+from trainer.rollout import ENGINES
 from trainer.strategies.base import TorchStrategy
 
 CALLS = {"loss": 0}
@@ -30,6 +31,21 @@ def nan_advantage(rewards, group_index):
     out = rewards - rewards.mean()
     out[0] = float("inf")
     return out
+
+
+@ENGINES.register("test_nan_logprobs")
+def nan_logprob_engine(model_path, *, dtype, seed, tokenizer=None):
+    """The HF engine, reporting a NaN log-prob on the first token of every third completion."""
+    from trainer.rollout.hf_engine import HFEngine
+
+    class NanEngine(HFEngine):
+        def generate(self, prompts, spec, indices=None, media=None):
+            out = super().generate(prompts, spec, indices, media)
+            for completion in out[::3]:
+                completion.logprobs[0] = float("nan")
+            return out
+
+    return NanEngine(model_path, dtype=dtype, seed=seed)
 
 
 def test_strategy_skips_a_non_finite_gradient_and_keeps_its_state():
@@ -102,6 +118,25 @@ def test_nan_losses_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path):
     trained = [r["step"] for r in rows if "guard/skipped_update" in r]
     assert trained == [1, 2, 3]  # each step once, none after the stop
     assert [r["guard/skipped_update"] for r in rows if "guard/skipped_update" in r] == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_completions_with_non_finite_rollout_logprobs_are_dropped_and_counted(tmp_path):
+    from trainer.loop import Trainer
+    from trainer.recipe_config import compose_config
+
+    trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path}", *BASE, "rollout.engine=test_nan_logprobs",
+                                      "actor.mini_batch_size=8", "actor.micro_batch_size=2"]))
+    trainer.start_workers(trainer.base_model_path)
+    try:
+        metrics = trainer.step(0)
+        after = weights_of(trainer)
+    finally:
+        trainer.close()
+    # 8 completions, NaN in completions 0, 3 and 6: 5 train, the update stays finite.
+    assert metrics["guard/dropped_nonfinite_logprobs"] == 3.0 and metrics["batch/kept_completions"] == 5.0
+    assert metrics["actor/optimizer_steps"] == 1.0 and metrics["guard/skipped_update"] == 0.0
+    assert all(torch.isfinite(v).all() for v in after.values())
 
 
 @pytest.mark.slow
@@ -182,35 +217,37 @@ def test_a_judge_failing_below_the_limit_is_a_warning_and_a_metric(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_a_killed_rollout_worker_is_replaced_and_the_run_matches_an_unbroken_one(tmp_path, capsys):
+def test_killed_rollout_and_reference_workers_are_replaced_and_the_run_matches_an_unbroken_one(tmp_path, capsys):
     import ray
 
     from trainer.loop import Trainer
     from trainer.recipe_config import compose_config
 
-    on_ray = [o for o in BASE if o != "engine.ray=false"] + ["engine.ray=true"]
+    # With a KL term, so a reference worker runs too.
+    on_ray = [o for o in BASE if o != "engine.ray=false"] + ["engine.ray=true", "algorithm.kl_coef=0.05"]
 
-    def run(folder, kill_before: int | None):
+    def run(folder, kills: dict[int, str]):
         trainer = Trainer(compose_config([f"trainer.output_dir={folder}", *on_ray]))
         trainer.start_workers(trainer.base_model_path)
         try:
             history = []
             for step in range(3):
-                if step == kill_before:
-                    ray.kill(trainer.workers.rollout.workers[0])  # the engine process is gone mid-run
+                if step in kills:  # the worker's process is gone mid-run
+                    ray.kill(getattr(trainer.workers, kills[step]).workers[0])
                 history.append(trainer.step(step))
             return history, weights_of(trainer)
         finally:
             trainer.close()
 
-    straight, straight_weights = run(tmp_path / "straight", None)
-    broken, broken_weights = run(tmp_path / "broken", 1)
-    assert [m["workers/restarts"] for m in broken] == [0.0, 1.0, 1.0]
-    for key in ("reward/mean", "response_len/sum", "actor/policy_loss", "actor/grad_norm"):
+    straight, straight_weights = run(tmp_path / "straight", {})
+    broken, broken_weights = run(tmp_path / "broken", {1: "rollout", 2: "reference"})
+    assert [m["workers/restarts"] for m in broken] == [0.0, 1.0, 2.0]
+    for key in ("reward/mean", "response_len/sum", "actor/policy_loss", "actor/grad_norm", "actor/kl"):
         assert [m[key] for m in broken] == [m[key] for m in straight], key  # the same samples, the same updates
     assert all(torch.equal(broken_weights[k], v) for k, v in straight_weights.items())
     out = capsys.readouterr().out
     assert "[recovery] rollout worker died during 'generate'" in out and "restarting the rollout workers (1 of" in out
+    assert "[recovery] reference worker died during 'log_probs'" in out and "restarting the reference workers (2 of" in out
 
 
 @pytest.mark.slow

@@ -135,18 +135,11 @@ class Trainer:
         if cfg.algorithm.filter_zero_variance:
             varied = set(rollouts.varied_groups())
             keep = [i for i, r in enumerate(rollouts.items) if r.group in varied]
-        # Guard: a completion the engine gave non-finite log-probs is dropped; non-finite advantages skip the update.
-        finite = [i for i in keep if all(math.isfinite(x) for x in rollouts.items[i].completion.logprobs)]
-        metrics["guard/dropped_nonfinite_logprobs"] = float(len(keep) - len(finite))
-        keep = finite
-        bad_advantages = int((~torch.isfinite(advantages[keep])).sum()) if keep else 0
-        metrics["guard/nonfinite_advantages"] = float(bad_advantages)
-        metrics["guard/skipped_update"] = 0.0
-        if bad_advantages:
-            metrics["guard/skipped_update"] = 1.0
-            self.tracker.print(f"[guard] step {step + 1}: {bad_advantages} non-finite advantages "
-                               f"({cfg.algorithm.advantage}); update skipped, weights unchanged")
-            keep = []
+        keep, guard_metrics = finite_rows(rollouts, keep, advantages)
+        metrics.update(guard_metrics)
+        if guard_metrics["guard/skipped_update"]:
+            self.tracker.print(f"[guard] step {step + 1}: {guard_metrics['guard/nonfinite_advantages']:.0f} non-finite "
+                               f"advantages ({cfg.algorithm.advantage}); update skipped, weights unchanged")
         metrics["batch/kept_completions"] = float(len(keep))
         if keep:
             kept = [rollouts.items[i] for i in keep]
@@ -306,6 +299,16 @@ class Trainer:
 def one_optimizer_step(cfg: Config, batch_size: int) -> bool:
     """Whether the actor's update makes a single optimiser step on a batch of this size."""
     return cfg.actor.epochs == 1 and batch_size <= cfg.actor.mini_batch_size
+
+
+def finite_rows(rollouts: Rollouts, keep: list[int], advantages: torch.Tensor) -> tuple[list[int], dict[str, float]]:
+    """The numerical guard on a batch: completions with non-finite rollout log-probs are dropped, and any
+    non-finite advantage among the rest skips the update (no rows kept)."""
+    finite = [i for i in keep if all(math.isfinite(x) for x in rollouts.items[i].completion.logprobs)]
+    bad = int((~torch.isfinite(advantages[finite])).sum()) if finite else 0
+    metrics = {"guard/dropped_nonfinite_logprobs": float(len(keep) - len(finite)),
+               "guard/nonfinite_advantages": float(bad), "guard/skipped_update": float(bad > 0)}
+    return ([] if bad else finite), metrics
 
 
 def rollout_metrics(rollouts: Rollouts, rewards: torch.Tensor, modes: bool) -> dict[str, float]:

@@ -272,3 +272,29 @@ def test_a_killed_actor_stops_with_the_resume_command_and_the_resume_finishes(tm
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2, 3]  # step 2 died unlogged; resumed once
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_patient_simulator_that_is_down_is_counted_and_named(tmp_path, capsys):
+    from trainer.loop import Trainer, train
+    from trainer.recipe_config import compose_config
+    from trainer.scoring import RewardFailureError
+
+    url, stop = failing_judge()
+    dialogue = [f"rollout.multiturn.turns=2", f"rollout.multiturn.simulator_url={url}",
+                "rollout.multiturn.simulator_timeout_s=5"]
+    try:
+        trainer = Trainer(compose_config([f"trainer.output_dir={tmp_path / 'a'}", *BASE, *dialogue,
+                                          "reward.max_failure_frac=1.0"]))
+        trainer.start_workers(trainer.base_model_path)
+        try:
+            metrics = trainer.step(0)
+        finally:
+            trainer.close()
+        assert metrics["reward_failures/simulator/error"] == 8.0 and metrics["batch/kept_completions"] == 8.0
+        assert f"[reward] step 1: simulator/error failed on 8 of 8 completions (scored 0): patient simulator at {url}" \
+            in capsys.readouterr().out
+        with pytest.raises(RewardFailureError, match="simulator/error failed on 8 of 8"):
+            train(compose_config([f"trainer.output_dir={tmp_path / 'b'}", *BASE, *dialogue, "trainer.total_steps=2"]))
+    finally:
+        stop()

@@ -29,7 +29,8 @@ class PatientSimulator:
             from rewards.judge_server import serve_in_background
 
             local = policy_path if cfg.simulator_local_model == "policy" else cfg.simulator_local_model
-            url, self._stop = serve_in_background(local)
+            # Served under the name the client asks for (it used to answer 404 "not served here" to every turn).
+            url, self._stop = serve_in_background(local, served_model_name=cfg.simulator_model)
         self.client = JudgeClient(
             url, cfg.simulator_model, api_key_env=cfg.simulator_api_key_env, max_tokens=cfg.simulator_max_tokens,
             timeout_s=cfg.simulator_timeout_s, temperature=0.0,
@@ -44,10 +45,14 @@ class PatientSimulator:
             messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
         return messages
 
-    def reply(self, samples: list[Sample], dialogues: list[list[str]]) -> list[str]:
+    def reply(self, samples: list[Sample], dialogues: list[list[str]]) -> list[str | None]:
+        """The simulator's next turn per dialogue; None where the endpoint gave no reply after its retries."""
         answers = self.client.judge_many([self.messages(s, d) for s, d in zip(samples, dialogues)])
         self.failures += sum(a is None for a in answers)
-        return [a or "" for a in answers]
+        return answers
+
+    def failure_reason(self) -> str:
+        return f"patient simulator at {self.client.base_url} gave no reply ({self.client.last_error})"
 
     def close(self) -> None:
         if self._stop is not None:
@@ -64,6 +69,7 @@ class _Trajectory:
     logprobs: list[float] = field(default_factory=list)
     turns: list[str] = field(default_factory=list)
     finished: bool = True
+    simulator_failed: bool = False
 
     def add(self, tokens: list[int], policy: bool, logprobs: list[float] | None = None) -> None:
         self.context += tokens
@@ -90,6 +96,8 @@ def dialogues(prompts: PromptRenderer, workers: WorkerCluster, simulator: Patien
         else:
             replies = simulator.reply([samples[t.group] for t in trajectories], [t.turns for t in trajectories])
             for t, reply in zip(trajectories, replies):
+                t.simulator_failed |= reply is None  # the dialogue goes on with an empty turn, counted below
+                reply = reply or ""
                 t.add(separator + prompts.text_ids(reply)[: cfg.simulator_max_tokens] + separator, policy=False)
                 t.turns.append(reply)
             single = SamplingSpec(**{**spec.__dict__, "n": 1, "seed": spec.seed + 104_729 * turn})
@@ -108,5 +116,9 @@ def dialogues(prompts: PromptRenderer, workers: WorkerCluster, simulator: Patien
                                 loss_mask=t.mask)
         text = chat.prefix_for(samples[t.group]) + chat.decode(t.tokens)
         out.items.append(Rollout(group=t.group, prompt_ids=prompt_ids[t.group], completion=completion, text=text))
+    failed = sum(t.simulator_failed for t in trajectories)
+    if failed:
+        out.failures["simulator/error"] = failed
+        out.failure_reasons["simulator/error"] = simulator.failure_reason()
     out.seconds["generate"] = time.time() - clock
     return out

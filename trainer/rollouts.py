@@ -52,7 +52,10 @@ class Rollouts:
         for i, (item, ok, answer) in enumerate(zip(self.items, correct, answers)):
             item.score, item.correct, item.answer = float(scored.scores[i]), bool(ok), answer
             item.terms = {name: values[i] for name, values in scored.components.items()}
-        self.failures, self.failure_reasons = dict(scored.failures), dict(scored.failure_reasons)
+        # Added to what collection counted already (a patient simulator that gave no reply).
+        for key, count in scored.failures.items():
+            self.failures[key] = self.failures.get(key, 0) + count
+            self.failure_reasons.setdefault(key, scored.failure_reasons.get(key, ""))
 
     def table_rows(self, limit: int) -> list[dict]:
         """Up to `limit` completions for inspection, one prompt after another (first completion of

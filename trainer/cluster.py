@@ -1,5 +1,6 @@
 """The run's workers: actor, rollout engines and reference, as Ray actors (or in-process objects), with
-their lifecycle: start, generate, weight sync (and sleep/wake when colocated on GPUs), save, close."""
+their lifecycle: start, generate, weight sync (and sleep/wake when colocated on GPUs), save, close, and
+the replacement of a rollout or reference worker that died (docs/reliability.md)."""
 
 from __future__ import annotations
 

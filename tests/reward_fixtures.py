@@ -58,14 +58,14 @@ def fixture_len_if_even(completion, sample):
     return float(len(completion)) if int(sample.prompt[0]) % 2 == 0 else 0.0
 
 
-CALLS = {"kill_actor": 0}
+CALLS = {"kill": 0}
 
 
-@register_reward("fixture_kill_actor")
-def fixture_kill_actor(completion, sample, *, at_call: int = -1):
-    """On this process's call number `at_call` (0-based): SIGKILL the Ray actor worker process
-    (`ray::ActorWorker`) of this process's own Ray, as an OOM kill would, while the controller is scoring.
-    Scores the length."""
+@register_reward("fixture_kill_worker")
+def fixture_kill_worker(completion, sample, *, kills: dict | None = None):
+    """On this process's call number k (0-based) of `kills` ({"at<k>": Ray class name}), SIGKILL that Ray worker
+    process (`ray::ActorWorker`, `ray::RolloutWorker`, ...) of this process's own Ray, as an OOM kill
+    would, while the controller is scoring. Scores 0."""
     import signal
     from pathlib import Path
 
@@ -79,14 +79,15 @@ def fixture_kill_actor(completion, sample, *, at_call: int = -1):
                 return True
         return False
 
-    call = CALLS["kill_actor"]
-    CALLS["kill_actor"] += 1
-    if call == at_call:
+    call = CALLS["kill"]
+    CALLS["kill"] += 1
+    target = (kills or {}).get(f"at{call}")
+    if target:
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ActorWorker") \
+                if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{target}".encode()) \
                         and ours(int(proc.name)):
                     os.kill(int(proc.name), signal.SIGKILL)
             except (OSError, ValueError, IndexError):
                 continue
-    return float(len(completion))
+    return 0.0

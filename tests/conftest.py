@@ -9,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Ray workers' output (model-load bars) would reach the terminal after a test's capture has ended.
+os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
 
 import pytest
 

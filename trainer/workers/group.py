@@ -34,12 +34,14 @@ def init_ray(address: str | None, num_cpus: int | None, needed_cpus: float) -> N
         # A submitted job already has its runtime env (launch.jobs sets these variables); Ray
         # refuses a driver env that names the same keys.
         env = None
+    # Worker output reaches the driver (and so the run's logs/console.log) unless RAY_LOG_TO_DRIVER=0 (the tests).
+    to_driver = os.environ.get("RAY_LOG_TO_DRIVER", "1").lower() not in ("0", "false")
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, log_to_driver=to_driver)
     else:
         # Logical CPUs only gate placement: the roles run one after another, never all at once.
         cpus = num_cpus or max(os.cpu_count() or 1, int(needed_cpus + 0.999))
-        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+        ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=env, log_to_driver=to_driver)
 
 
 class WorkerGroup:

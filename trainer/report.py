@@ -128,7 +128,7 @@ def write_report(folders: list[Path], out_dir: Path) -> dict[str, list[dict]]:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for (name, title, ylabel, keys), grid_ax in zip(panels, axes.flat):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = plt.subplots(figsize=(11, 4.5))
         for target in (ax, grid_ax):
             lines = draw_panel(target, runs, keys, colours, palette)
             if name == "accuracy":
@@ -137,10 +137,12 @@ def write_report(folders: list[Path], out_dir: Path) -> dict[str, list[dict]]:
             target.set_xlabel("step")
             target.set_ylabel(ylabel)
             target.grid(alpha=0.3)
-            target.legend(fontsize=7, loc="best")
+        # The panel's own PNG keeps its legend beside the plot, clear of the lines; the overview's sits inside.
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        grid_ax.legend(fontsize=6, loc="best", framealpha=0.6)
         drawn[f"{name}.png"] = lines
         fig.tight_layout()
-        fig.savefig(out_dir / f"{name}.png", dpi=110)
+        fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     grid.tight_layout()
     grid.savefig(out_dir / "overview.png", dpi=90)

@@ -80,6 +80,10 @@ class Registry:
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plug-in registered for a while, e.g. by a test)."""
+        self._plugins.pop(name, None)
+
     def _wrap(self, name: str, fn: Callable[..., Any], validate, extras: dict[str, Any]) -> Plugin:
         parameters = inspect.signature(fn).parameters.values()
         positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

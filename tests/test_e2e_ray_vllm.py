@@ -43,6 +43,8 @@ def test_grpo_steps_on_ray_with_vllm(tmp_path):
         "engine.ray=true", "rollout.engine=vllm",
         # Reward by length: the random-init model's groups always vary, so every step has a gradient.
         "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}", "reward.num_workers=0",
+        # No replacement, so the death below surfaces (tests/test_guard.py replaces dead workers).
+        "trainer.max_worker_restarts=0",
     ])
     trainer = Trainer(cfg)
     try:

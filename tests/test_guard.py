@@ -17,7 +17,6 @@ from trainer.strategies.base import TorchStrategy
 CALLS = {"loss": 0}
 
 
-@POLICY_LOSSES.register("test_nan_loss")
 def nan_loss(logp, old_logp, advantages, mask, *, nan_from: int = 0, nan_count: int = 1):
     """ppo_clip, made NaN on calls nan_from .. nan_from + nan_count - 1 (0-based, counted in this process)."""
     call = CALLS["loss"]
@@ -26,14 +25,12 @@ def nan_loss(logp, old_logp, advantages, mask, *, nan_from: int = 0, nan_count: 
     return (loss * float("nan") if nan_from <= call < nan_from + nan_count else loss), metrics
 
 
-@ADVANTAGES.register("test_nan_advantage")
 def nan_advantage(rewards, group_index):
     out = rewards - rewards.mean()
     out[0] = float("inf")
     return out
 
 
-@ENGINES.register("test_nan_logprobs")
 def nan_logprob_engine(model_path, *, dtype, seed, tokenizer=None):
     """The HF engine, reporting a NaN log-prob on the first token of every third completion."""
     from trainer.rollout.hf_engine import HFEngine
@@ -46,6 +43,18 @@ def nan_logprob_engine(model_path, *, dtype, seed, tokenizer=None):
             return out
 
     return NanEngine(model_path, dtype=dtype, seed=seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fault_plugins():
+    """The NaN-injecting plug-ins, registered for this module's tests only (other tests list the registries)."""
+    plugins = [(POLICY_LOSSES, "test_nan_loss", nan_loss), (ADVANTAGES, "test_nan_advantage", nan_advantage),
+               (ENGINES, "test_nan_logprobs", nan_logprob_engine)]
+    for registry, name, fn in plugins:
+        registry.register(name)(fn)
+    yield
+    for registry, name, _ in plugins:
+        registry.unregister(name)
 
 
 def test_strategy_skips_a_non_finite_gradient_and_keeps_its_state():

@@ -86,7 +86,8 @@ class Rollouts:
         renumber = {g: i for i, g in enumerate(groups)}
         items = [replace(r, group=renumber[g]) for g in groups for r in self.items if r.group == g]
         media = None if self.media is None else [self.media[g] for g in groups]
-        return Rollouts([self.samples[g] for g in groups], items, dict(self.failures), dict(self.seconds), media)
+        return Rollouts([self.samples[g] for g in groups], items, failures=dict(self.failures),
+                        failure_reasons=dict(self.failure_reasons), seconds=dict(self.seconds), media=media)
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":

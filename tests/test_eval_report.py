@@ -144,9 +144,10 @@ SHORT = ["engine.ray=false", "rollout.engine=hf", "tracking.wandb.mode=disabled"
          "reward.num_workers=0"]
 
 
-# The quickstart shortened to 8 RL steps on 100 held-out prompts, with the recipe's 300-step SFT: measured
-# 84% -> 93% on this machine. A regression in learning lands it outside the band and fails here.
-SHORT_QUICKSTART_BAND = (0.86, 1.0)
+# The quickstart shortened (cold start on batches of 32, 8 RL steps, 100 held-out prompts): measured 57% -> 66%
+# on this machine (the recipe's batches of 64 give 84% -> 93%, at twice the SFT time). A regression in learning
+# lands it outside the band, or no better than before RL, and fails here.
+SHORT_QUICKSTART_BAND = (0.56, 0.80)
 
 
 @pytest.mark.slow
@@ -155,7 +156,7 @@ def test_shortened_quickstart_lands_in_its_band_and_eval_agrees_with_its_last_ev
     from trainer.loop import train
     from trainer.recipe_config import compose_config
 
-    quickstart = ["recipe=quickstart", "data.num_eval=100", *SHORT]
+    quickstart = ["recipe=quickstart", "data.num_eval=100", "sft.batch_size=32", *SHORT]
     summary = train(compose_config([*quickstart, f"trainer.output_dir={tmp_path / 'run'}", "trainer.total_steps=8",
                                     "trainer.save_every=0"]))
     trained = summary["eval_after"]

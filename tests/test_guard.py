@@ -265,6 +265,9 @@ def test_killed_workers_rollout_and_reference_replaced_actor_resumed_same_run_as
     assert [broken[s]["workers/restarts"] for s in (1, 2)] == [1.0, 2.0]
     lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
     assert sum('"reward/mean"' in line for line in lines) == 3  # step 3 died before it was logged: none twice
+    import ray
+
+    ray.shutdown()  # the runs' local Ray: a later test starts a head of its own
 
 
 @pytest.mark.slow

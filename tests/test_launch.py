@@ -89,6 +89,11 @@ def free_port() -> int:
 @pytest.fixture
 def ray_head():
     """A real Ray head on loopback with token authentication, in its own temp dir, stopped afterwards."""
+    import ray
+
+    # A Ray an earlier test left running in this process holds the node's agent ports: the head's job agent
+    # would never come up ("No available agent").
+    ray.shutdown()
     token = secrets.token_hex(16)
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live under it
     gcs_port, dashboard_port = free_port(), free_port()

@@ -19,9 +19,9 @@ import numpy as np
 from data.schema import Sample
 from trainer.config import Config, validate
 from trainer.console import quiet, say
-from trainer.evaluate import generate, greedy, greedy_metrics, k_values, per_prompt, sampled_metrics, thinking_mode
+from trainer.evaluate import auto_mode, generate, greedy, greedy_metrics, k_values, per_prompt, sampled_metrics
 from trainer.rollout.sampling import SamplingSpec
-from trainer.rollouts import Rollouts
+from trainer.rollouts import Rollouts, term_means
 
 USAGE = __doc__
 
@@ -65,10 +65,7 @@ def subset_metrics(indices: list[int], greedy_run: Rollouts, rows: list[dict] | 
            "reward": float(np.mean([r.score for r in items])),
            "response_len": float(np.mean([len(r.completion.token_ids) for r in items])),
            "truncated_frac": float(np.mean([not r.completion.finished for r in items]))}
-    for name in dict.fromkeys(name for r in items for name in r.terms):  # each reward term, judged ones too
-        present = [r.terms[name] for r in items if r.terms.get(name) is not None]
-        if present:
-            out[f"reward_terms/{name}"] = float(np.mean(present))
+    out.update(term_means(items))  # each reward term, judged ones too
     if rows is not None:
         out.update(sampled_metrics([rows[i] for i in indices], k))
     scores = [consistency[i] for i in indices if consistency[i] is not None]
@@ -128,7 +125,7 @@ def run_eval(cfg: Config, out_path: Path) -> dict:
                      "max_new_tokens": cfg.rollout.eval_max_new_tokens,
                      "thinking_mode": cfg.rollout.eval_thinking_mode, "engine": cfg.rollout.engine},
         # The in-training evaluation's keys, computed by the same function.
-        "metrics": greedy_metrics(greedy_run, auto_mode=bool(cfg.rollout.modes) and not thinking_mode(collector)),
+        "metrics": greedy_metrics(greedy_run, auto_mode(collector)),
         "overall": subset_metrics(every, greedy_run, rows, ev.k, consistency),
         "by_task": {}, "by_language": {},
     }

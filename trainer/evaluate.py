@@ -36,13 +36,17 @@ def greedy(collector: RolloutCollector, samples: list[Sample]) -> Rollouts:
     return generate(collector, samples, spec)
 
 
+def auto_mode(collector: RolloutCollector) -> bool:
+    """Whether evaluation leaves the thinking mode to the policy (BPO recipes in `eval_thinking_mode=auto`)."""
+    return bool(collector.cfg.rollout.modes) and not thinking_mode(collector)
+
+
 def evaluate(collector: RolloutCollector, samples: list[Sample]) -> dict[str, float]:
     """Greedy accuracy on `samples`, in `rollout.eval_thinking_mode`."""
-    return greedy_metrics(greedy(collector, samples), auto_mode=bool(collector.cfg.rollout.modes)
-                          and not thinking_mode(collector))
+    return greedy_metrics(greedy(collector, samples), auto_mode(collector))
 
 
-def greedy_metrics(rollouts: Rollouts, auto_mode: bool = False) -> dict[str, float]:
+def greedy_metrics(rollouts: Rollouts, auto_thinking: bool = False) -> dict[str, float]:
     items, samples = rollouts.items, rollouts.samples
     texts, correct = [r.text for r in items], [r.correct for r in items]
     result = {"eval/acc": float(np.mean(correct)), "eval/correct": float(sum(correct)), "eval/total": float(len(correct)),
@@ -51,7 +55,7 @@ def greedy_metrics(rollouts: Rollouts, auto_mode: bool = False) -> dict[str, flo
               "eval/reward": float(np.mean([r.score for r in items])),
               "eval/response_len": float(np.mean([len(r.completion.token_ids) for r in items])),
               "eval/truncated_frac": float(np.mean([not r.completion.finished for r in items]))}
-    if auto_mode:
+    if auto_thinking:
         # In auto mode the policy chooses: how often does it think?
         result["eval/auto_think_share"] = auto_think_share(texts)
     tasks = [samples[r.group].task for r in items]

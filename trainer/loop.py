@@ -31,7 +31,7 @@ from trainer.config import Config, validate
 from trainer.prompt_sets import load_prompt_sets
 from trainer.recipe_config import config_yaml
 from trainer.evaluate import band_check, evaluate, per_task_lines
-from trainer.rollouts import Rollouts
+from trainer.rollouts import Rollouts, term_means
 from trainer.scoring import Scorer, failure_lines
 from trainer.setup import check_image_engine, fit_to_context, prepare_policy
 from trainer.stages.sft import run_sft
@@ -332,10 +332,7 @@ def rollout_metrics(rollouts: Rollouts, rewards: torch.Tensor, modes: bool) -> d
         rows = [i for i, t in enumerate(tasks) if t == task]
         metrics[f"reward/{task}/mean"] = float(rewards[rows].mean())
         metrics[f"acc/{task}"] = float(np.mean([correct[i] for i in rows]))
-    for name in dict.fromkeys(name for r in items for name in r.terms):
-        present = [r.terms[name] for r in items if r.terms.get(name) is not None]
-        if present:
-            metrics[f"reward_terms/{name}"] = float(np.mean(present))
+    metrics.update(term_means(items))
     for key, count in rollouts.failures.items():
         metrics[f"reward_failures/{key}"] = float(count)
     if modes:

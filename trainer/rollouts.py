@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from data.schema import Sample
 from rewards.compose import RewardBatch
 from trainer.rollout.sampling import Completion
@@ -104,3 +106,13 @@ class Rollouts:
             for key, seconds in part.seconds.items():
                 out.seconds[key] += seconds
         return out
+
+
+def term_means(items: list[Rollout]) -> dict[str, float]:
+    """`reward_terms/<name>`: each reward term's mean over the completions whose task has it."""
+    out = {}
+    for name in dict.fromkeys(name for r in items for name in r.terms):
+        present = [r.terms[name] for r in items if r.terms.get(name) is not None]
+        if present:
+            out[f"reward_terms/{name}"] = float(np.mean(present))
+    return out

@@ -155,6 +155,10 @@ class RolloutConfig:
     from, one host), collective (a gloo/NCCL broadcast from actor rank 0), object_store (through Ray's object
     store). auto: shared_memory for Ray workers on one CPU host with room in /dev/shm, collective otherwise
     (GPUs, several hosts); without Ray the engine takes the actor's tensors in-process."""
+    sync_bucket_mb: int = 512
+    """Weight sync (shared_memory, collective) moves the weights in buckets of about this many MiB, gathered one
+    at a time on the sending rank, so a sync's extra memory is bounded by the bucket, not the model. A bucket
+    holds whole decoder layers (vLLM fuses q/k/v and gate/up); a layer larger than this travels alone."""
     gpu_memory_utilization: float = 0.5
     "vLLM GPU: share of GPU memory for weights and KV cache."
     max_num_seqs: int = 256
@@ -361,6 +365,8 @@ class ResourcesConfig:
     rollout: RoleResources = field(default_factory=RoleResources)
     actor: RoleResources = field(default_factory=RoleResources)
     reference: RoleResources = field(default_factory=RoleResources)
+    gpu_memory_gib: float = 80
+    "Memory of each GPU, for the memory plan `--check` prints (whether each role fits)."
     placement: str = "split"
     "Ray placement groups: split (a packed group per role), colocate (worker i of each role in bundle i; see placement.py) or none."
 
@@ -478,7 +484,8 @@ RANGES = {
     "rollout.n": "[1, inf)", "rollout.temperature": "[0, inf)", "rollout.top_p": "(0, 1]",
     "rollout.max_new_tokens": "[1, inf)", "rollout.eval_max_new_tokens": "[1, inf)", "rollout.kv_cache_gib": "[1, inf)",
     "rollout.gpu_memory_utilization": "(0, 1]", "rollout.max_num_seqs": "[1, inf)",
-    "rollout.tensor_parallel_size": "[1, inf)", "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)", "rollout.sync_bucket_mb": "[1, inf)",
+    "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
     "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
     "algorithm.eps_low": "[0, inf)", "algorithm.eps_high": "[0, inf)", "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
     "algorithm.dynamic_sampling_max_rounds": "[1, inf)",
@@ -494,7 +501,8 @@ RANGES = {
     "resources.rollout.count": "[1, inf)", "resources.actor.count": "[1, inf)", "resources.reference.count": "[1, inf)",
     "resources.rollout.num_cpus": "[0, inf)", "resources.actor.num_cpus": "[0, inf)",
     "resources.reference.num_cpus": "[0, inf)", "resources.rollout.num_gpus": "[0, inf)",
-    "resources.actor.num_gpus": "[0, inf)", "resources.reference.num_gpus": "[0, inf)", "ray.num_cpus": "[1, inf)",
+    "resources.actor.num_gpus": "[0, inf)", "resources.reference.num_gpus": "[0, inf)",
+    "resources.gpu_memory_gib": "(0, inf)", "ray.num_cpus": "[1, inf)",
     "trainer.total_steps": "[0, inf)", "trainer.save_every": "[0, inf)", "trainer.max_skipped_steps": "[1, inf)",
     "trainer.max_worker_restarts": "[0, inf)",
     "trainer.keep_last": "[1, inf)",

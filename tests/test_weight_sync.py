@@ -35,6 +35,7 @@ def run_steps(tmp_path, *extra, sync="collective") -> tuple[Trainer, dict, list[
 def test_broadcast_from_two_fsdp2_ranks_to_two_hf_engines(tmp_path):
     trainer, initial, metrics = run_steps(
         tmp_path, "rollout.engine=hf", "resources.rollout.count=2", "actor.strategy=fsdp2", "resources.actor.count=2",
+        "rollout.sync_bucket_mb=0.25",
     )
     try:
         assert trainer.workers.weight_layout is not None and len(trainer.workers.weight_layout) == len(initial)
@@ -79,8 +80,11 @@ def test_shared_memory_by_default_into_two_hf_engines(tmp_path):
         trainer.close()
 
 
-def test_shared_memory_into_vllm_and_old_logprobs_with_two_mini_batches(tmp_path):
-    trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm", "actor.mini_batch_size=4", sync="shared_memory")
+def test_shared_memory_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(tmp_path):
+    # Buckets of 0.25 MiB: the tiny model's layers (about 0.26 MB each) travel one or two a bucket, so vLLM
+    # reloads several partial sets of layers per sync.
+    trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm", "actor.mini_batch_size=4",
+                                          "rollout.sync_bucket_mb=0.25", sync="shared_memory")
     try:
         actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial)

@@ -72,10 +72,8 @@ class WorkerCluster:
         self._open_sync()
 
     def _open_sync(self) -> None:
-        if self.sync_path == "collective":
+        if self.sync_path in ("collective", "shared_memory"):
             self._open_weight_sync()
-        elif self.sync_path == "shared_memory":
-            self._open_shared_weights()
 
     def start_rollout(self, model_path: str, max_model_len: int, wait: bool = True) -> WorkerGroup:
         """The rollout engines alone (a standalone evaluation needs nothing else), sized for `max_model_len`
@@ -171,29 +169,36 @@ class WorkerCluster:
         from trainer.rollout.weight_sync import shared_memory_room
 
         hosts = {self.actor.call_one(0, "host"), *self.rollout.call("host")}
-        return "shared_memory" if len(hosts) == 1 and shared_memory_room(self.weight_bytes()) else "collective"
+        from trainer.rollout.weight_sync import buffer_bytes, plan_buckets
 
-    def _open_shared_weights(self) -> None:
-        """Actor rank 0 creates the buffers, the engines map them, then their names go: the memory is
-        freed when the last process holding it ends (rollout.weight_sync=shared_memory)."""
-        import uuid
-
-        prefix = f"/dev/shm/reasoning-rl-weights-{uuid.uuid4().hex[:12]}"
-        layout = self._layout()
-        self.actor.call("open_shared_weights", layout, prefix)
-        try:
-            self.rollout.call("open_shared_weights", layout, prefix)
-        finally:
-            self.actor.call("unlink_shared_weights")
+        room = shared_memory_room(buffer_bytes(plan_buckets(self._layout(), self.bucket_bytes)))
+        return "shared_memory" if len(hosts) == 1 and room else "collective"
 
     def _open_weight_sync(self) -> None:
-        """Actor rank 0 and the rollout engines join one broadcast group (rollout.weight_sync=collective)."""
+        """Actor rank 0 and the rollout engines join one group for the bucket stream (weight_sync.py). With
+        shared_memory the buffer's file name goes once all have mapped it: the memory is freed when the last
+        process holding it ends."""
+        import uuid
+
         host, port = self.actor.call_one(0, "rendezvous_address")
-        size = 1 + len(self.rollout)
-        sender = self.actor.call_async("open_weight_sync", host, port, size)
-        receivers = self.rollout.call_each_async("open_weight_sync", [(host, port, i + 1, size) for i in range(size - 1)])
-        self.weight_layout = self.actor.wait(sender, "open_weight_sync")[0]
-        self.rollout.wait(receivers, "open_weight_sync")
+        size, layout = 1 + len(self.rollout), self._layout()
+        shared_file = None
+        if self.sync_path == "shared_memory":
+            shared_file = f"/dev/shm/reasoning-rl-weights-{uuid.uuid4().hex[:12]}"
+        args = (layout, self.bucket_bytes, shared_file)
+        try:
+            sender = self.actor.call_async("open_weight_sync", host, port, size, *args)
+            receivers = self.rollout.call_each_async(
+                "open_weight_sync", [(host, port, i + 1, size, *args) for i in range(size - 1)])
+            self.actor.wait(sender, "open_weight_sync")
+            self.rollout.wait(receivers, "open_weight_sync")
+        finally:
+            if shared_file is not None:
+                Path(shared_file).unlink(missing_ok=True)
+
+    @property
+    def bucket_bytes(self) -> int:
+        return int(self.cfg.rollout.sync_bucket_mb * (1 << 20))
 
     def sync_weights(self) -> None:
         """Push the actor's weights into every rollout engine, in place (no restart, no disk)."""
@@ -202,15 +207,12 @@ class WorkerCluster:
     def _push_weights(self) -> None:
         if self.rollout_sleeps:
             self.rollout.call("wake_up")
-        if self.sync_path == "shared_memory":
-            self.actor.call("write_shared_weights")
-            self.rollout.call("load_shared_weights")
-            return
-        if self.sync_path == "collective":
-            sent = self.actor.call_async("broadcast_weights")
-            received = self.rollout.call_async("receive_weights", self.weight_layout)
-            self.actor.wait(sent, "broadcast_weights")
+        if self.sync_path in ("collective", "shared_memory"):
+            sent = self.actor.call_async("send_weights")
+            received = self.rollout.call_async("receive_weights")
+            # The engines first: one that died is replaced (_recovering), and the sender then fails too.
             self.rollout.wait(received, "receive_weights")
+            self.actor.wait(sent, "send_weights")
             return
         weights = self.actor.call_async("weights")[0]
         self.rollout.call("load_weights", weights)

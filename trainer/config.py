@@ -155,7 +155,7 @@ class RolloutConfig:
     from, one host), collective (a gloo/NCCL broadcast from actor rank 0), object_store (through Ray's object
     store). auto: shared_memory for Ray workers on one CPU host with room in /dev/shm, collective otherwise
     (GPUs, several hosts); without Ray the engine takes the actor's tensors in-process."""
-    sync_bucket_mb: int = 512
+    sync_bucket_mb: float = 512
     """Weight sync (shared_memory, collective) moves the weights in buckets of about this many MiB, gathered one
     at a time on the sending rank, so a sync's extra memory is bounded by the bucket, not the model. A bucket
     holds whole decoder layers (vLLM fuses q/k/v and gate/up); a layer larger than this travels alone."""
@@ -484,7 +484,7 @@ RANGES = {
     "rollout.n": "[1, inf)", "rollout.temperature": "[0, inf)", "rollout.top_p": "(0, 1]",
     "rollout.max_new_tokens": "[1, inf)", "rollout.eval_max_new_tokens": "[1, inf)", "rollout.kv_cache_gib": "[1, inf)",
     "rollout.gpu_memory_utilization": "(0, 1]", "rollout.max_num_seqs": "[1, inf)",
-    "rollout.tensor_parallel_size": "[1, inf)", "rollout.sync_bucket_mb": "[1, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)", "rollout.sync_bucket_mb": "(0, inf)",
     "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
     "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
     "algorithm.eps_low": "[0, inf)", "algorithm.eps_high": "[0, inf)", "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",

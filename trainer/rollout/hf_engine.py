@@ -160,7 +160,10 @@ class HFEngine:
         pass
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict)
+        """Some or all of the weights (a sync sends them a bucket at a time), copied in place."""
+        unexpected = self.model.load_state_dict(state_dict, strict=False).unexpected_keys
+        if unexpected:
+            raise KeyError(f"weights this model does not have: {unexpected[:5]}")
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

@@ -33,15 +33,16 @@ from trainer.rollout.sampling import Completion, SamplingSpec
 
 
 class _DropExpectedWarnings(logging.Filter):
-    """Warnings that are expected here: rotary embeddings hold a computed cache, not weights (vLLM warns
-    on every reload), chat-template warm-up needs the tokenizer this engine deliberately skips, and
-    with images in one process vLLM's own processor sets torch threads on every call, which its CPU
-    worker refuses with a warning (thousands per run)."""
+    """Warnings that are expected here: a weight sync loads one bucket of layers per reload, and vLLM warns
+    about every layer the bucket does not hold (the sender checks that every weight is sent);
+    chat-template warm-up needs the tokenizer this engine deliberately skips, and with images in one
+    process vLLM's own processor sets torch threads on every call, which its CPU worker refuses with a
+    warning (thousands per run)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        rotary = "RotaryEmbedding" in message.split(":")[0] and "Failed to load weights" in message
-        return not (rotary or message.startswith("Chat template warmup failed")
+        partial = "Failed to load weights" in message or message.startswith("Following weights were not loaded")
+        return not (partial or message.startswith("Chat template warmup failed")
                     or message.startswith("CPU backend doesn't allow to use `torch.set_num_threads`"))
 
 
@@ -75,7 +76,8 @@ class VLLMEngine:
         from vllm import LLM
 
         vision_kwargs = self._vision_setup(model_path, max_images_per_prompt, image_min_pixels, image_max_pixels)
-        for name in ("vllm.model_executor.model_loader.reload.layerwise", "vllm.renderers.base",
+        for name in ("vllm.model_executor.model_loader.reload.layerwise",
+                     "vllm.model_executor.model_loader.reload.inplace", "vllm.renderers.base",
                      "vllm.v1.worker.cpu_worker"):
             logging.getLogger(name).addFilter(_DropExpectedWarnings())
 

@@ -1,25 +1,34 @@
-"""Actor -> rollout weight sync without Ray's object store or disk.
+"""Actor -> rollout weight sync in buckets, without Ray's object store or disk.
 
-shared_memory (one host): actor rank 0 and every engine map the same files in /dev/shm, one flat
-buffer per dtype. Each sync, rank 0 copies its weights into the buffer (one copy) and each engine
-loads straight from views of it (no copy, no serialisation, no socket).
+Actor rank 0 and every rollout engine form their own small process group (gloo on CPU, NCCL on GPU),
+separate from the actor's data-parallel group. The weights travel in buckets of about
+`rollout.sync_bucket_mb`: every actor rank gathers one tensor at a time (FSDP2 and ZeRO-3 need all ranks
+for that), rank 0 copies each into the bucket buffer, and when a bucket is full it goes out and the
+engines load it in place. So a sync's extra memory on the sending rank is one bucket plus the tensor being
+gathered, whatever the model's size.
 
-collective (across hosts, and GPUs): actor rank 0 and every rollout engine form their own small
-process group (gloo on CPU, NCCL on GPU), separate from the actor's data-parallel group. Each sync,
-rank 0 packs the full weights into one flat buffer per dtype and broadcasts it; each engine unpacks
-views by the names and shapes it was given when the group opened, and loads them in place.
+How a full bucket reaches the engines:
+- collective: rank 0 broadcasts the bucket buffer; each engine receives it into a buffer of its own.
+- shared_memory (one host): the buffer is a file in /dev/shm every side maps; rank 0 writes it, a one-number
+  broadcast says it is ready, and a second collective says every engine has loaded it, so it can be reused.
+
+A bucket holds whole decoder layers: vLLM fuses q/k/v and gate/up into one parameter, which must be
+loaded within one call.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
-
-import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+ALIGN = 64  # bytes: every tensor in a bucket starts at a multiple, so a view of any dtype is aligned
 
 
 @dataclass(frozen=True)
@@ -32,23 +41,69 @@ class TensorMeta:
     def numel(self) -> int:
         return int(torch.Size(self.shape).numel())
 
-
-def by_dtype(metas: list[TensorMeta]) -> dict[torch.dtype, list[TensorMeta]]:
-    """The layout split into one group per dtype (one flat buffer each), in first-seen order."""
-    groups: dict[torch.dtype, list[TensorMeta]] = {}
-    for meta in metas:
-        groups.setdefault(meta.dtype, []).append(meta)
-    return groups
-
-
-def unpack(group: list[TensorMeta], flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Views by name into one dtype's flat buffer."""
-    return {meta.name: part.view(meta.shape) for meta, part in zip(group, flat.split([m.numel for m in group]))}
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
 
 
 def describe(named_tensors) -> list[TensorMeta]:
     """The layout of (name, tensor) pairs, e.g. a state dict's items()."""
     return [TensorMeta(name, tuple(t.shape), t.dtype) for name, t in named_tensors]
+
+
+def layout_bytes(metas: list[TensorMeta]) -> int:
+    return sum(m.nbytes for m in metas)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class Bucket:
+    metas: tuple[TensorMeta, ...]
+    offsets: tuple[int, ...]
+    "Byte offset of each tensor in the bucket buffer."
+    nbytes: int
+
+    def views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each tensor of the bucket as a view into a byte buffer."""
+        return {m.name: buffer[o : o + m.nbytes].view(m.dtype).view(m.shape) for m, o in zip(self.metas, self.offsets)}
+
+
+def unit_of(name: str) -> str:
+    """What must not be split across buckets: the decoder layer (`model.layers.3.mlp.up_proj.weight` ->
+    `model.layers.3`), or for weights outside numbered blocks, the module that holds them."""
+    match = re.match(r"(.*?\.\d+)\.", name)
+    return match.group(1) if match else name.rpartition(".")[0]
+
+
+def plan_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[Bucket]:
+    """Consecutive whole units packed into buckets of at most `bucket_bytes`; a unit larger than that
+    makes a bucket of its own."""
+    units: list[list[TensorMeta]] = []
+    for meta in metas:
+        if units and unit_of(units[-1][-1].name) == unit_of(meta.name):
+            units[-1].append(meta)
+        else:
+            units.append([meta])
+    groups: list[list[TensorMeta]] = []
+    size = 0
+    for unit in units:
+        unit_size = sum(_aligned(m.nbytes) for m in unit)
+        if not groups or size + unit_size > bucket_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].extend(unit)
+        size += unit_size
+    buckets = []
+    for group in groups:
+        offsets, end = [], 0
+        for meta in group:
+            offsets.append(end)
+            end += _aligned(meta.nbytes)
+        buckets.append(Bucket(tuple(group), tuple(offsets), end))
+    return buckets
 
 
 class SyncGroup:
@@ -64,53 +119,67 @@ class SyncGroup:
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
         self.rank = rank
 
-    def _broadcast(self, buffer: torch.Tensor) -> None:
+    def broadcast(self, buffer: torch.Tensor) -> None:
         options = dist.BroadcastOptions()
         options.rootRank = 0
         self.group.broadcast([buffer], options).wait()
 
-    def send(self, state: dict[str, torch.Tensor]) -> None:
-        for dtype in dict.fromkeys(t.dtype for t in state.values()):
-            flat = torch.cat([t.detach().reshape(-1) for t in state.values() if t.dtype == dtype]).to(self.device)
-            self._broadcast(flat)
-
-    def receive(self, metas: list[TensorMeta]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for dtype, group in by_dtype(metas).items():
-            flat = torch.empty(sum(m.numel for m in group), dtype=dtype, device=self.device)
-            self._broadcast(flat)
-            out.update(unpack(group, flat))
-        return out
+    def barrier(self) -> None:
+        self.group.allreduce([torch.zeros(1, device=self.device)]).wait()
 
 
-def layout_bytes(metas: list[TensorMeta]) -> int:
-    return sum(m.numel * m.dtype.itemsize for m in metas)
+class BucketChannel:
+    """One end of the bucket stream: the sender (actor rank 0) or a receiver (an engine).
+
+    `shared_file`: the /dev/shm file of the shared buffer (shared_memory), made by the sender with
+    `create_shared_file` before it joins the group; None to broadcast the buffer (collective)."""
+
+    def __init__(self, group: SyncGroup, buckets: list[Bucket], shared_file: str | None = None):
+        self.group, self.buckets, self.shared = group, buckets, shared_file is not None
+        size = buffer_bytes(buckets)
+        if shared_file is None:
+            self.buffer = torch.empty(size, dtype=torch.uint8, device=group.device)
+        else:
+            group.barrier()  # the sender has joined, so its file exists
+            self.buffer = torch.from_file(shared_file, shared=True, size=size, dtype=torch.uint8)
+        self.ready = torch.zeros(1, device=group.device)  # the shared_memory "bucket written" signal
+
+    def _transfer(self, bucket: Bucket) -> None:
+        self.group.broadcast(self.ready if self.shared else self.buffer[: bucket.nbytes])
+
+    def send(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Fill and send each bucket from (name, tensor) pairs in layout order, one tensor held at a time."""
+        for index, bucket in enumerate(self.buckets):
+            if self.shared and index > 0:
+                self.group.barrier()  # the engines have loaded the previous bucket from the buffer
+            views = bucket.views(self.buffer)
+            with torch.no_grad():
+                for meta in bucket.metas:
+                    name, tensor = next(named_tensors)
+                    if name != meta.name:
+                        raise RuntimeError(f"weight sync: expected {meta.name}, the actor gave {name}")
+                    views[name].copy_(tensor)
+            self._transfer(bucket)
+        if self.shared and self.buckets:
+            self.group.barrier()
+
+    def receive(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Each bucket as views by name, valid until the next is asked for (load it before)."""
+        for bucket in self.buckets:
+            self._transfer(bucket)
+            yield bucket.views(self.buffer)
+            if self.shared:
+                self.group.barrier()
 
 
-class SharedWeights:
-    """Views by name into flat buffers in shared memory, one file per dtype under `prefix`.
+def buffer_bytes(buckets: list[Bucket]) -> int:
+    """The bucket buffer's size: the largest bucket."""
+    return max((b.nbytes for b in buckets), default=0)
 
-    The sender creates the files; receivers map them. Once every side has mapped them, `unlink` removes
-    the names: the memory lives as long as a mapping does, so nothing is left behind if a process dies."""
 
-    def __init__(self, metas: list[TensorMeta], prefix: str, create: bool):
-        self.paths, self.views = [], {}
-        for dtype, group in by_dtype(metas).items():
-            size = sum(m.numel for m in group)
-            path = f"{prefix}-{str(dtype).removeprefix('torch.')}"
-            if create:
-                Path(path).write_bytes(b"")
-                os.truncate(path, size * dtype.itemsize)
-            self.paths.append(path)
-            self.views.update(unpack(group, torch.from_file(path, shared=True, size=size, dtype=dtype)))
-
-    def write_one(self, name: str, tensor: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.views[name].copy_(tensor)
-
-    def unlink(self) -> None:
-        for path in self.paths:
-            Path(path).unlink(missing_ok=True)
+def create_shared_file(path: str, nbytes: int) -> None:
+    Path(path).write_bytes(b"")
+    os.truncate(path, nbytes)
 
 
 def shared_memory_room(nbytes: int, folder: str = "/dev/shm") -> bool:

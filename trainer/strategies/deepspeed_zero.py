@@ -11,7 +11,6 @@ in memory so the controller writes them atomically with the rest of its checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -80,18 +79,21 @@ class DeepSpeedStrategy:
                                      "finite; resume from the last checkpoint (actor.strategy=torch/fsdp2 skip such steps)")
         return float(norm) if norm is not None else float("nan")
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Gathered CPU weights on every rank (a collective under ZeRO-3)."""
+    def full_weights(self):
+        """(name, unsharded tensor) pairs, one at a time: under ZeRO-3 each parameter is gathered (a collective
+        every rank runs through) and released when the next is asked for; read each before taking the next."""
         import deepspeed
 
-        module = self.engine.module
-        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-                    if self.zero_stage == 3 else contextlib.nullcontext())
-        with gathered:
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        for name, value in self.engine.module.state_dict(keep_vars=True).items():
+            if self.zero_stage == 3 and hasattr(value, "ds_id"):
+                with deepspeed.zero.GatheredParameters([value], modifier_rank=None):
+                    yield name, value.detach()
+            else:
+                yield name, value.detach()
 
-    def full_weights(self):
-        return iter(self.full_state_dict().items())
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded CPU weights, copied, on every rank (a collective under ZeRO-3)."""
+        return {name: value.to("cpu", copy=True) for name, value in self.full_weights()}
 
     def state_dict(self) -> dict:
         """This rank's DeepSpeed checkpoint files, as bytes. Collective."""

@@ -271,43 +271,35 @@ class ActorWorker:
 
         return describe(self.strategy.full_weights())
 
-    def open_shared_weights(self, layout: list, prefix: str) -> None:
-        """Rank 0 creates the shared-memory buffers of `layout` that the engines read
-        (rollout.weight_sync=shared_memory)."""
-        from trainer.rollout.weight_sync import SharedWeights
-
-        if self.rank == 0:
-            self.shared_weights = SharedWeights(layout, prefix, create=True)
-
-    def write_shared_weights(self) -> None:
-        """Every rank gathers (sharded strategies need all); rank 0 copies into shared memory."""
-        for name, tensor in self.strategy.full_weights():
-            if self.rank == 0:
-                self.shared_weights.write_one(name, tensor)
-
-    def unlink_shared_weights(self) -> None:
-        if self.rank == 0:
-            self.shared_weights.unlink()
-
     def host(self) -> str:
         import socket
 
         return socket.gethostname()
 
-    def open_weight_sync(self, host: str, port: int, world_size: int) -> list:
-        """Rank 0 joins the actor->rollout sync group as its sender; returns the tensor layout to send."""
-        from trainer.rollout.weight_sync import SyncGroup
+    def open_weight_sync(self, host: str, port: int, world_size: int, layout: list, bucket_bytes: int,
+                         shared_file: str | None = None) -> None:
+        """Rank 0 joins the actor->rollout sync group as its sender (rollout.weight_sync collective or
+        shared_memory: then it first creates the shared buffer file)."""
+        from trainer.rollout.weight_sync import (BucketChannel, SyncGroup, buffer_bytes, create_shared_file,
+                                                 plan_buckets)
 
-        layout = self.weight_layout()  # collective for sharded strategies
-        if self.rank == 0:
-            self.sync_group = SyncGroup(host, port, rank=0, world_size=world_size)
-        return layout
+        if self.rank != 0:
+            return
+        buckets = plan_buckets(layout, bucket_bytes)
+        if shared_file is not None:
+            create_shared_file(shared_file, buffer_bytes(buckets))
+        self.weight_channel = BucketChannel(SyncGroup(host, port, rank=0, world_size=world_size), buckets,
+                                            shared_file)
 
-    def broadcast_weights(self) -> None:
-        """Every rank gathers (sharded strategies need all); rank 0 sends to the rollout engines."""
-        state = self.strategy.full_state_dict()
-        if self.rank == 0:
-            self.sync_group.send(state)
+    def send_weights(self) -> None:
+        """Every rank gathers one tensor at a time (sharded strategies need all); rank 0 sends the buckets."""
+        tensors = self.strategy.full_weights()
+        try:
+            if self.rank == 0:
+                self.weight_channel.send(tensors)
+        finally:
+            for _ in tensors:  # the other ranks, and rank 0 after a failed send: keep the gathers in step
+                pass
 
     def save_pretrained(self, out_dir: str) -> None:
         if self.world_size == 1 and self.cfg.strategy == "torch":

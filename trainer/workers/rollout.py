@@ -28,23 +28,18 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
 
-    def open_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
-        from trainer.rollout.weight_sync import SyncGroup
+    def open_weight_sync(self, host: str, port: int, rank: int, world_size: int, layout: list, bucket_bytes: int,
+                         shared_file: str | None = None) -> None:
+        """Join the actor->rollout sync group as a receiver (rollout.weight_sync collective or shared_memory)."""
+        from trainer.rollout.weight_sync import BucketChannel, SyncGroup, plan_buckets
 
-        self.sync_group = SyncGroup(host, port, rank=rank, world_size=world_size)
+        group = SyncGroup(host, port, rank=rank, world_size=world_size)
+        self.weight_channel = BucketChannel(group, plan_buckets(layout, bucket_bytes), shared_file)
 
-    def receive_weights(self, layout: list) -> None:
-        """Receive the actor's broadcast and load it in place."""
-        self.engine.load_weights(self.sync_group.receive(layout))
-
-    def open_shared_weights(self, layout: list, prefix: str) -> None:
-        from trainer.rollout.weight_sync import SharedWeights
-
-        self.shared_weights = SharedWeights(layout, prefix, create=False)
-
-    def load_shared_weights(self) -> None:
-        """Load the weights the actor just wrote into shared memory, in place."""
-        self.engine.load_weights(self.shared_weights.views)
+    def receive_weights(self) -> None:
+        """Load the actor's weights bucket by bucket, in place, as they arrive."""
+        for bucket in self.weight_channel.receive():
+            self.engine.load_weights(bucket)
 
     def host(self) -> str:
         import socket

@@ -53,7 +53,7 @@ def test_round_trip(tmp_path):
         assert float(s1[i]["step"]) == float(s2[i]["step"]) == 1.0
 
     only = load_checkpoint(path, ["trainer"])
-    assert set(only) == {"step", "trainer"}
+    assert set(only) == {"step", "folders", "trainer"}
 
 
 def test_errors_name_the_path(tmp_path):
@@ -76,7 +76,7 @@ def test_latest_ignores_incomplete(tmp_path):
     (tmp_path / "step_00000008" / "x.pt").write_bytes(b"partial")
     latest = latest_checkpoint(tmp_path)
     assert latest == tmp_path / "step_00000005"
-    assert load_checkpoint(latest) == {"step": 5, "x": 5}
+    assert load_checkpoint(latest) == {"step": 5, "folders": [], "x": 5}
 
 
 def test_keep_last_prunes_oldest(tmp_path):
@@ -93,7 +93,7 @@ def test_resave_same_step_replaces(tmp_path):
     path = save_checkpoint(tmp_path, 3, {"a": 10})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
     assert sorted(p.name for p in path.iterdir()) == ["a.pt", "meta.json"]
-    assert load_checkpoint(path) == {"step": 3, "a": 10}
+    assert load_checkpoint(path) == {"step": 3, "folders": [], "a": 10}
 
 
 def test_rng_round_trip_through_checkpoint(tmp_path):

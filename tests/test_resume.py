@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import latest_checkpoint, load_checkpoint
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, read_shards
 import json
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(out_dir / "checkpoints")
     state = load_checkpoint(ckpt)
     assert state["step"] == 5
-    return state["actor"]["strategy"]["model"], state["sampler"]
+    return read_shards(ckpt / "actor")["model"], state["sampler"]
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):

@@ -116,19 +116,22 @@ def test_checkpoint_resumes_the_same_update(tiny_model_dir, tmp_path, setup):
     try:
         for step in range(2):
             group.call("update", batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=step), 1.0)
-        state = group.call("checkpoint_state")
+        folder = tmp_path / "actor"
+        small = group.call("save_checkpoint", str(folder))[0]
+        files = sorted(p.name for p in folder.rglob("*") if p.is_file())
         if strategy == "fsdp2":
-            assert state[1]["strategy"]["model"] == {}  # full state gathers on rank 0 only
-        else:
-            # DeepSpeed: each rank holds its own optimiser partition.
-            assert state[0]["strategy"]["deepspeed_files"].keys() != state[1]["strategy"]["deepspeed_files"].keys()
+            assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
+        else:  # DeepSpeed: each rank's optimiser partition in its own file
+            assert sum("optim_states" in f for f in files) == 2, files
         third = batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=2)
         first_try = group.call("update", third, 1.0)[0]
-        group.call("load_checkpoint_state", state[0], state[1:])
+        group.call("load_checkpoint", str(folder), small)
         second_try = group.call("update", third, 1.0)[0]
         assert_metrics_match(second_try, first_try, "after restoring the checkpoint")
 
-        group.call("save_pretrained", str(tmp_path / "saved"))
+        # A small file size: the folder is written in several files, as the weights are gathered.
+        group.call("save_pretrained", str(tmp_path / "saved"), 64 << 10)
+        assert len(list((tmp_path / "saved").glob("model-*-of-*.safetensors"))) > 1
         from trainer.modeling import load_causal_lm
 
         saved = load_causal_lm(str(tmp_path / "saved")).state_dict()
@@ -177,6 +180,7 @@ def test_cold_start_sft_through_zero3_matches_plain(tiny_model_dir):
 @pytest.mark.slow
 def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
     """SFT through a sharded strategy trains with sft.lr; the RL stage must not inherit that optimiser."""
+    from trainer.checkpoint import read_shards
     from trainer.recipe_config import compose_config
     from trainer.loop import Trainer
 
@@ -192,7 +196,8 @@ def test_rl_after_sharded_sft_starts_with_the_rl_optimiser(tmp_path):
         policy = run_sft(trainer)
         trainer.start_workers(policy)
         metrics = trainer.step(0)
-        optimiser = trainer.workers.actor.call("checkpoint_state")[0]["strategy"]["optimizer"]
+        trainer.workers.actor.call("save_checkpoint", str(tmp_path / "actor"))
+        optimiser = read_shards(tmp_path / "actor")["optimizer"]
     finally:
         trainer.close()
     assert metrics["actor/lr"] == pytest.approx(1e-4) and metrics["actor/optimizer_steps"] == 1

@@ -83,6 +83,7 @@ def _check(cfg: Config, report: Report, scratch: Path) -> None:
     files = locate_model(cfg, report, scratch)
     data = DataReader(report, scratch)
     if cfg.stages:
+        _memory_plan(cfg, files, None, report)
         _check_stages(cfg, files, data, report)  # each stage's config is validated as it is composed
         return
     try:
@@ -96,9 +97,18 @@ def _check(cfg: Config, report: Report, scratch: Path) -> None:
         report.info(f"data: {data.describe(cfg)}")
         if cfg.sft.steps > 0:
             _check_sft(samples, report, "")
+    _memory_plan(cfg, files, samples, report)
     # Cold-start SFT on the same data runs before RL: its targets teach the answer layout.
     sft_targets = [s.metadata["sft_target"] for s in samples or [] if cfg.sft.steps > 0 and "sft_target" in s.metadata]
     _check_rl(cfg, samples or [], files, sft_targets, report, "", set())
+
+
+def _memory_plan(cfg: Config, files: ModelFiles, samples: list[Sample] | None, report: Report) -> None:
+    """Per-GPU memory of each role and whether it fits (trainer/memory_plan.py): information, never a problem."""
+    from trainer.memory_plan import plan_lines
+
+    for line in plan_lines(cfg, files.model_dir, files.tokenizer, samples):
+        report.info(line)
 
 
 def _check_stages(cfg: Config, files: ModelFiles, data: "DataReader", report: Report) -> None:

@@ -3,8 +3,9 @@
 Layout under a checkpoint root:
 
     root/step_00000100/
-        model.pt  optimizer.pt  ...   one file per top-level entry of `state`
-        meta.json                     {"step", "entries", "time"}, written last
+        sampler.pt  rng.pt  ...       one file per top-level entry of `state`
+        actor/                        a folder entry: written by the workers themselves (each rank its shard)
+        meta.json                     {"step", "entries", "folders", "time"}, written last
 
 A checkpoint is built in `root/.tmp-step_XXXXXXXX-<pid>` and renamed into place,
 so a crash never leaves a half-written `step_*` folder. A folder without
@@ -22,15 +23,15 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 META_FILE = "meta.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# "step" is added to what load_checkpoint returns; "meta" would clash with meta.json.
-_RESERVED = {"step", "meta"}
+# "step" and "folders" are added to what load_checkpoint returns; "meta" would clash with meta.json.
+_RESERVED = {"step", "meta", "folders"}
 
 
 def _step_dir_name(step: int) -> str:
@@ -74,21 +75,25 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(
-    root: Path, step: int, state: dict[str, Any], *, keep_last: int | None = None
+    root: Path, step: int, state: dict[str, Any], *, keep_last: int | None = None,
+    folders: dict[str, Callable[[Path], Any]] | None = None,
 ) -> Path:
     """Save `state` as checkpoint `root/step_{step:08d}` and return its path.
 
-    Re-saving an existing step replaces it. With `keep_last`, only the newest
-    `keep_last` complete checkpoints are kept, plus the one just written (so a
-    save after resuming from an older step is never pruned by itself).
+    `folders`: name -> a function that writes the folder of that name (workers writing their own shards
+    into it, on storage they share with this process) and returns a small state, saved as the entry of
+    the same name. Re-saving an existing step replaces it. With `keep_last`, only the newest
+    `keep_last` complete checkpoints are kept, plus the one just written (so a save after resuming from
+    an older step is never pruned by itself).
     """
+    folders = folders or {}
     root = Path(root)
     step = int(step)
     if step < 0:
         raise ValueError(f"checkpoint step must be >= 0, got {step}")
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
-    for name in state:
+    for name in [*state, *folders]:
         _check_name(name)
 
     root.mkdir(parents=True, exist_ok=True)
@@ -100,13 +105,16 @@ def save_checkpoint(
 
     writer = None
     try:
+        state = dict(state)
+        for name, write in folders.items():
+            state[name] = write(tmp / name)
         for name, value in state.items():
             with open(tmp / f"{name}.pt", "wb") as f:
                 writer = _RecordingFile(f)
                 torch.save(value, writer)
                 f.flush()
                 os.fsync(f.fileno())
-        meta = {"step": step, "entries": list(state), "time": time.time()}
+        meta = {"step": step, "entries": list(state), "folders": list(folders), "time": time.time()}
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.flush()
@@ -189,7 +197,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(
     path: Path, names: list[str] | None = None, *, map_location: Any = "cpu"
 ) -> dict[str, Any]:
-    """Load entries (all by default) of a checkpoint folder, plus its `step`."""
+    """Load entries (all by default) of a checkpoint folder, plus its `step` and the names of its `folders`."""
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
@@ -205,7 +213,7 @@ def load_checkpoint(
     if missing:
         raise KeyError(f"checkpoint {path} has no entries {missing}; it has {entries}")
 
-    out: dict[str, Any] = {"step": int(meta["step"])}
+    out: dict[str, Any] = {"step": int(meta["step"]), "folders": list(meta.get("folders", []))}
     for name in wanted:
         file = path / f"{name}.pt"
         try:
@@ -215,6 +223,20 @@ def load_checkpoint(
         except Exception as e:
             raise RuntimeError(f"failed to load {file}: {e}") from e
     return out
+
+
+def read_shards(folder: Path) -> dict[str, Any]:
+    """A torch.distributed.checkpoint folder (an actor's shards) as one plain state dict in this process:
+    {"model": {name: tensor}, "optimizer": {...}}, for inspection and export."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from trainer.strategies.base import single_process_ok
+
+    with tempfile.TemporaryDirectory(prefix="read-shards-") as tmp, single_process_ok():
+        dcp_to_torch_save(str(folder), f"{tmp}/state.pt")
+        return torch.load(f"{tmp}/state.pt", weights_only=False)
 
 
 def capture_rng_state() -> dict[str, Any]:

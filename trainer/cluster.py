@@ -279,7 +279,7 @@ class WorkerCluster:
         """The actor's current weights and the tokenizer (or a vision model's processor, which writes the
         tokenizer too) as a Hugging Face folder, so the next stage loads it."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.actor.call("save_pretrained", str(out_dir))
+        self.actor.call("save_pretrained", str(out_dir), self.bucket_bytes)
         tokenizer_or_processor.save_pretrained(out_dir)
         return out_dir
 

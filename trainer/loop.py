@@ -198,20 +198,22 @@ class Trainer:
 
     # ----- checkpoints --------------------------------------------------------------------------
     def save(self, step: int, summary: dict) -> None:
-        actor_states = self.workers.actor.call("checkpoint_state")
         state = {
-            "actor": actor_states[0],
-            "actor_ranks": actor_states[1:],
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(),
             "summary": summary,
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
         }
-        save_checkpoint(self.run_dir / "checkpoints", step, state, keep_last=self.cfg.trainer.keep_last)
+        # The actor's ranks write their own shards into the checkpoint's actor/ folder.
+        save_checkpoint(self.run_dir / "checkpoints", step, state, keep_last=self.cfg.trainer.keep_last,
+                        folders={"actor": lambda folder: self.workers.actor.call("save_checkpoint", str(folder))[0]})
 
     def restore(self, path: Path) -> tuple[int, dict]:
         state = load_checkpoint(path)
-        self.workers.actor.call("load_checkpoint_state", state["actor"], state.get("actor_ranks"))
+        if "actor" not in state["folders"]:
+            raise ValueError(f"{path} holds the actor as one file, the format before sharded checkpoints: resume it "
+                             "with the version that wrote it")
+        self.workers.actor.call("load_checkpoint", str(path / "actor"), state["actor"])
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         if self.weighter is not None and state.get("weighter"):

@@ -201,6 +201,8 @@ class VLLMEngine:
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         if self.image_token_id is not None:
+            from trainer.model_files import checkpoint_names
+
             state_dict = checkpoint_names(state_dict)
         if self.tensor_parallel_size == 1:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
@@ -254,19 +256,6 @@ class VLLMEngine:
         if self.tensor_parallel_size > 1:
             raise NotImplementedError("weights() reads one engine process; with tensor parallelism each holds a slice")
         return self.llm.collective_rpc(read)[0]
-
-
-def checkpoint_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Qwen2-VL family weights under the names their checkpoints use, which is what vLLM loads:
-    transformers holds them as model.language_model.* and model.visual.* but saves model.* and visual.*."""
-    renamed = {}
-    for name, tensor in state_dict.items():
-        if name.startswith("model.visual."):
-            name = name[len("model."):]
-        elif name.startswith("model.language_model."):
-            name = "model." + name[len("model.language_model."):]
-        renamed[name] = tensor
-    return renamed
 
 
 def cpu_binding(tensor_parallel_size: int) -> str:

@@ -6,9 +6,12 @@ The actor worker only talks to `TrainingStrategy`; `factory.make_strategy` picks
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 
 
 class TrainingStrategy(Protocol):
@@ -23,14 +26,25 @@ class TrainingStrategy(Protocol):
         skips the step (weights and optimiser state untouched) where the strategy can."""
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights (what the rollout engine loads)."""
+        """Unsharded CPU weights, the whole model at once (tests, and the object_store weight sync)."""
 
     def full_weights(self):
         """(name, unsharded tensor) pairs, gathered one at a time where the strategy can."""
 
-    def state_dict(self) -> dict: ...
+    def save_shards(self, folder: str) -> dict:
+        """Each rank writes its own part of the model and optimiser state into `folder` (collective); returns
+        the small state the controller keeps (the learning-rate schedule)."""
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_shards(self, folder: str, small: dict) -> None: ...
+
+
+@contextlib.contextmanager
+def single_process_ok():
+    """torch.distributed.checkpoint warns whenever it runs without a process group, which is intended here
+    (one worker) and in tools that read a checkpoint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
@@ -51,6 +65,8 @@ class TorchStrategy:
     """Plain PyTorch on one device: AdamW, gradient clipping, linear warm-up."""
 
     world_size = 1
+    reshardable = True
+    "A checkpoint loads onto any number of ranks (torch.distributed.checkpoint reshards)."
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
                  fused: bool = True):
@@ -87,14 +103,27 @@ class TorchStrategy:
         """Unsharded CPU weights, copied; with sharded parameters (FSDP2) a collective every rank must call."""
         return {key: value.to("cpu", copy=True) for key, value in self.full_weights()}
 
-    def state_dict(self) -> dict:
-        return {
-            "model": self.full_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+    def save_shards(self, folder: str) -> dict:
+        """Model and optimiser state with torch.distributed.checkpoint: one file per rank holding its shard
+        (one process: the whole state), which any number of ranks can load back. Collective."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        with single_process_ok():
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=folder,
+                     no_dist=not dist.is_initialized())
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def load_shards(self, folder: str, small: dict) -> None:
+        """Each rank reads the parts of its own shard, whatever number of ranks wrote them. Collective."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        # The state dict of the right shapes and shards, filled in place by dcp.load.
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optimizer": optim_state}
+        with single_process_ok():
+            dcp.load(state, checkpoint_id=folder, no_dist=not dist.is_initialized())
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        self.scheduler.load_state_dict(small["scheduler"])

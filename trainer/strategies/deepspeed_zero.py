@@ -5,16 +5,14 @@ accumulates, `step` reduces and updates), so mini- and micro-batching mean the s
 the other strategies. DeepSpeed averages gradients over ranks; the actor scales its share of
 the loss by the world size.
 
-Checkpoints use DeepSpeed's own format (each rank's optimiser partition in its own file), carried
-in memory so the controller writes them atomically with the rest of its checkpoint.
+Checkpoints use DeepSpeed's own format: each rank writes its optimiser partition straight into the
+checkpoint folder the controller is building.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,8 +23,8 @@ TAG = "state"
 
 
 class DeepSpeedStrategy:
-    per_rank_state = True
-    "Checkpoint state differs per rank: restore gives each rank its own."
+    reshardable = False
+    "A checkpoint loads only onto the number of ranks that wrote it."
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
                  zero_stage: int = 2, grad_clip: float = 1.0, mixed_precision: bool = False, cpu_offload: bool = False):
@@ -95,23 +93,14 @@ class DeepSpeedStrategy:
         """Unsharded CPU weights, copied, on every rank (a collective under ZeRO-3)."""
         return {name: value.to("cpu", copy=True) for name, value in self.full_weights()}
 
-    def state_dict(self) -> dict:
-        """This rank's DeepSpeed checkpoint files, as bytes. Collective."""
-        with tempfile.TemporaryDirectory(prefix="ds-ckpt-") as tmp:
-            self.engine.save_checkpoint(tmp, tag=TAG, save_latest=False)
-            folder = Path(tmp) / TAG
-            files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} if folder.exists() else {}
-        return {"deepspeed_files": files}
+    def save_shards(self, folder: str) -> dict:
+        """DeepSpeed's own format: each rank writes its optimiser partition, rank 0 the module. Collective."""
+        self.engine.save_checkpoint(folder, tag=TAG, save_latest=False)
+        return {}
 
-    def load_state_dict(self, state: dict, rank0_state: dict | None = None) -> None:
-        """Restore from this rank's files plus rank 0's (which holds the module states)."""
-        with tempfile.TemporaryDirectory(prefix="ds-ckpt-") as tmp:
-            folder = Path(tmp) / TAG
-            folder.mkdir()
-            for source in (rank0_state or {}, state):
-                for name, data in source.get("deepspeed_files", {}).items():
-                    (folder / name).write_bytes(data)
-            path, _ = self.engine.load_checkpoint(tmp, tag=TAG, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
-            if path is None:
-                raise RuntimeError(f"DeepSpeed found no checkpoint in the state given to rank {dist.get_rank()}")
+    def load_shards(self, folder: str, small: dict) -> None:
+        """Needs the number of ranks that wrote it (DeepSpeed's partitions are per rank)."""
+        path, _ = self.engine.load_checkpoint(folder, tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {folder} (rank {dist.get_rank()})")

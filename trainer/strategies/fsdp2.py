@@ -49,20 +49,3 @@ class FSDP2Strategy(TorchStrategy):
         super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
                          fused=False)
         self.world_size = dist.get_world_size()
-
-    def state_dict(self) -> dict:
-        """Full (unsharded) model and optimiser state, on rank 0; empty on the others. Collective."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        model_state, optim_state = get_state_dict(
-            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        return {"model": model_state, "optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Every rank receives the same full state and keeps its shard."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        self.scheduler.load_state_dict(state["scheduler"])

@@ -292,34 +292,42 @@ class ActorWorker:
                                             shared_file)
 
     def send_weights(self) -> None:
-        """Every rank gathers one tensor at a time (sharded strategies need all); rank 0 sends the buckets."""
-        tensors = self.strategy.full_weights()
-        try:
-            if self.rank == 0:
-                self.weight_channel.send(tensors)
-        finally:
-            for _ in tensors:  # the other ranks, and rank 0 after a failed send: keep the gathers in step
-                pass
+        """Rank 0 sends the buckets to the rollout engines."""
+        self._gather_to_rank0(lambda tensors: self.weight_channel.send(tensors))
 
-    def save_pretrained(self, out_dir: str) -> None:
+    def save_pretrained(self, out_dir: str, file_bytes: int = 1 << 30) -> None:
+        """A Hugging Face folder of the current weights; sharded strategies write it from rank 0 as the weights
+        are gathered, in safetensors files of at most `file_bytes`."""
         if self.world_size == 1 and self.cfg.strategy == "torch":
             self.model.save_pretrained(out_dir)
             return
-        state = self.strategy.full_state_dict()  # collective
-        if self.rank == 0:
-            self.model.save_pretrained(out_dir, state_dict=state)
+        from trainer.model_files import save_model_folder
 
-    def checkpoint_state(self) -> dict:
-        return {"strategy": self.strategy.state_dict(), "updates": self.updates}
+        self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes))
 
-    def load_checkpoint_state(self, state: dict, other_ranks: list[dict] | None = None) -> None:
-        """`state` is rank 0's checkpoint state, `other_ranks` the rest (DeepSpeed keeps one per rank)."""
-        states = [state, *(other_ranks or [])]
-        if getattr(self.strategy, "per_rank_state", False):
-            if len(states) != self.world_size:
-                raise ValueError(f"the checkpoint holds {len(states)} actor ranks; this run has {self.world_size}: "
-                                 "resume a deepspeed run with the same resources.actor.count")
-            self.strategy.load_state_dict(states[self.rank]["strategy"], rank0_state=states[0]["strategy"])
-        else:
-            self.strategy.load_state_dict(state["strategy"])
-        self.updates = state["updates"]
+    def _gather_to_rank0(self, consume) -> None:
+        """Every rank gathers the full weights one tensor at a time (sharded strategies need all ranks for
+        each); rank 0 hands them to `consume`."""
+        tensors = self.strategy.full_weights()
+        try:
+            if self.rank == 0:
+                consume(tensors)
+        finally:
+            for _ in tensors:  # the other ranks, and rank 0 after `consume` failed: keep the gathers in step
+                pass
+
+    def save_checkpoint(self, folder: str) -> dict:
+        """Every rank writes its part of the model and optimiser state into `folder` (collective); returns the
+        small state the controller keeps."""
+        small = self.strategy.save_shards(folder)
+        return {**small, "updates": self.updates, "world_size": self.world_size, "strategy": self.cfg.strategy}
+
+    def load_checkpoint(self, folder: str, small: dict) -> None:
+        if (small["strategy"] == "deepspeed") != (self.cfg.strategy == "deepspeed"):
+            raise ValueError(f"{folder} holds actor.strategy={small['strategy']} state (DeepSpeed keeps its own "
+                             f"format): resume with that strategy, not {self.cfg.strategy}")
+        if not self.strategy.reshardable and small["world_size"] != self.world_size:
+            raise ValueError(f"{folder} was written by {small['world_size']} {small['strategy']} ranks; this run has "
+                             f"{self.world_size}: resume a {self.cfg.strategy} run with the same resources.actor.count")
+        self.strategy.load_shards(folder, small)
+        self.updates = small["updates"]

@@ -79,8 +79,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         for key in ("reward/mean", "response_len/mean", "actor/policy_loss"):
             assert metrics_a[step][key] == metrics_b[step][key], (step, key)
     # Training went on after the first checkpoint: weights at step 1 and step 5 differ.
-    first = load_checkpoint(sorted((straight / "checkpoints").iterdir())[0])
-    assert any(not torch.equal(first["actor"]["strategy"]["model"][k], weights_a[k]) for k in weights_a)
+    first_weights = read_shards(sorted((straight / "checkpoints").iterdir())[0] / "actor")["model"]
+    assert any(not torch.equal(first_weights[k], weights_a[k]) for k in weights_a)
 
 
 def test_resume_never_refuses_an_existing_run(tmp_path):
@@ -94,3 +94,52 @@ def test_resume_never_refuses_an_existing_run(tmp_path):
     )
     assert result.returncode == 2
     assert "already holds checkpoint step_00000001" in result.stderr
+
+
+
+SHARDED = [
+    "engine.ray=true", "rollout.engine=hf", "actor.strategy=fsdp2", "resources.actor.num_cpus=0.5",
+    "resources.rollout.num_cpus=0.5", "sft.steps=0", "data.num_train=64", "data.num_eval=4", "data.prompts_per_step=4",
+    "rollout.n=4", "rollout.max_new_tokens=8", "actor.mini_batch_size=16", "actor.micro_batch_size=8", "actor.lr=1e-3",
+    "reward.num_workers=0", "tracking.wandb.mode=disabled", "tracking.console=false",
+    # Reward by length: random-init groups always vary, so every step moves the weights.
+    "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
+]
+
+
+def test_sharded_checkpoint_resumes_on_new_workers_and_onto_one_rank(tmp_path):
+    """Two FSDP2 ranks write their own shards at step 2; new workers restored from the folder reach what the
+    first run reached at step 4, on two ranks exactly, on one rank (torch.distributed.checkpoint reshards)
+    to float rounding. (The kill itself: test_killed_run_resumes_to_the_same_result.)"""
+    from trainer.loop import Trainer
+    from trainer.recipe_config import compose_config
+
+    def run(out: Path, ranks: int, resume_from: Path | None = None):
+        trainer = Trainer(compose_config([f"trainer.output_dir={out}", *SHARDED, f"resources.actor.count={ranks}"]))
+        try:
+            trainer.start_workers(trainer.base_model_path)
+            first = 0 if resume_from is None else trainer.restore(resume_from)[0]
+            metrics = {}
+            for step in range(first, 4):
+                if step == 2 and resume_from is None:
+                    trainer.save(2, {})
+                metrics[step] = trainer.step(step)
+            return trainer.workers.actor.call("weights")[0], metrics
+        finally:
+            trainer.close()
+
+    weights_a, metrics_a = run(tmp_path / "a", 2)
+    checkpoint = tmp_path / "a" / "checkpoints" / "step_00000002"
+    assert sorted(p.name for p in (checkpoint / "actor").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    at_step_2 = read_shards(checkpoint / "actor")["model"]
+    assert any(not torch.equal(weights_a[k], at_step_2[k]) for k in weights_a), "steps 2-3 did not move the weights"
+    weights_b, metrics_b = run(tmp_path / "b", 2, resume_from=checkpoint)
+    weights_c, metrics_c = run(tmp_path / "c", 1, resume_from=checkpoint)
+    for name, tensor in weights_a.items():
+        assert torch.equal(tensor, weights_b[name]), f"{name} differs after resume"
+        # One rank sums the gradient in another order than two: equal to float rounding.
+        assert torch.allclose(tensor, weights_c[name], atol=1e-5, rtol=0), f"{name} differs after resume on one rank"
+    for step in (2, 3):
+        for key in ("reward/mean", "response_len/mean", "actor/policy_loss"):
+            assert metrics_a[step][key] == metrics_b[step][key], (step, key)
+        assert metrics_c[step]["reward/mean"] == pytest.approx(metrics_a[step]["reward/mean"], abs=1e-6)

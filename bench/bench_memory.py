@@ -4,10 +4,11 @@
     python bench/bench_memory.py --shapes 2x128,4x256 --settings 0,1024,1024+gc
 
 For each micro-batch shape (rows x tokens per row: a quarter prompt, the rest response, random distinct
-tokens) and each setting (an actor.logits_chunk_size, `+gc` with gradient checkpointing), one forward + backward of the actor's loss path as
-ActorWorker.update runs it: trainer.modeling.response_logprobs (with entropy), the ppo_clip loss against
-its own detached log-probs, token_mean aggregation, backward. Gradients are allocated (zeros) before, so
-the measurement holds what the plan calls activations and logits, not the gradients.
+tokens) and each setting (an actor.logits_chunk_size; `+gc`: with gradient checkpointing), one forward +
+backward of the actor's loss path as ActorWorker.update runs it: trainer.modeling.response_logprobs (with
+entropy), the ppo_clip loss against its own detached log-probs, token_mean aggregation, backward.
+Gradients are allocated (zeros) before, so the measurement holds what the plan calls activations and
+logits (with the LM head's weight gradient before it is added to .grad), not the gradients themselves.
 
 Memory: the peak resident set size during the pass (VmHWM, reset through /proc/self/clear_refs just
 before it) minus the RSS before it. The script runs itself with MALLOC_MMAP_THRESHOLD_=65536, so glibc

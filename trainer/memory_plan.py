@@ -5,9 +5,10 @@ state as each strategy keeps them (actor.strategy, actor.zero_stage, reshard, of
 activations one micro-batch keeps for backward, the LM head's logits, and vLLM's KV cache budget; then
 compares each GPU's sum with `resources.gpu_memory_gib`, keeping 10% free. Main assumptions: every row of
 a micro-batch is as long as the longest allowed (prompt + response); attention is a fused kernel, so
-nothing grows with the square of the sequence length; the activation and logit constants were measured on
-CPU in float32 for SmolLM2 (bench/bench_memory.py) and are carried to bfloat16 by counting which copies
-change dtype; allocator fragmentation, the CUDA context and communication buffers are left to the margin.
+nothing grows with the square of the sequence length; activations and logits are counted tensor by tensor
+as autograd saves them, checked against measured peaks on CPU in float32 for SmolLM2 (bench/bench_memory.py:
+0.8-1.1x) and carried to bfloat16 by the same count, not measured there; allocator fragmentation, the CUDA
+context and communication buffers are left to the margin.
 It is an estimate to plan with, not a promise: it says which knob to turn before a job waits for 8 GPUs.
 """
 
@@ -28,12 +29,13 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FREE_FRACTION = 0.10  # kept free on every GPU: fragmentation, CUDA context, NCCL buffers
 ASSUMED_PROMPT_TOKENS = 1024  # when data.max_prompt_tokens is unset and no prompt was measured
 PROMPTS_MEASURED = 1000  # prompts --check tokenizes to size the plan's rows
-# Activation and logit constants, calibrated against measured peaks (bench/bench_memory.py, bench/RESULTS.md).
-ACTIVATION_SCALE = 1.0  # measured / counted saved tensors of the decoder layers
+# Activation and logit constants, checked against measured peaks (bench/bench_memory.py, bench/RESULTS.md).
+ACTIVATION_SCALE = 1.0  # measured / counted saved tensors of the decoder layers (0.9-1.1 on SmolLM2: no change)
 CHUNK_F32_COPIES = 4  # float32 [chunk, vocab] tensors alive at once in the chunked head's backward
 PLAIN_F32_COPIES = 2  # float32 [response, vocab] tensors the plain head adds: the softmax and one gradient
 NO_GRAD_F32_COPIES = 2  # float32 [chunk, vocab] tensors of a log-prob pass without autograd
 VLLM_RUNTIME_GIB = 2.0  # vLLM's own memory beside weights and KV: profiling activations, CUDA graphs, sampler
+FEW_SEQUENCES = 8  # fewer full-length sequences than this in vLLM's KV cache: suggest more tensor parallelism
 VLLM_ASLEEP_GIB = 1.0  # what a sleeping vLLM engine keeps on its GPU (level 1: weights to CPU, KV freed)
 
 
@@ -136,7 +138,7 @@ def read_model_config(cfg: Config, model_dir: str | None, tokenizer=None) -> tup
     Order: the embedded tiny models' own settings, the model folder, the copy bundled for the recipes' models."""
     path = cfg.model.path
     if path in ("tiny", "tiny_vl"):
-        if tokenizer is None:
+        if tokenizer is None or cfg.model.tokenizer:  # the tiny models' vocabulary is their own tokenizer's
             from trainer.tiny_model import build_tokenizer, build_vl_tokenizer
 
             tokenizer = build_vl_tokenizer() if path == "tiny_vl" else build_tokenizer()
@@ -153,7 +155,8 @@ def read_model_config(cfg: Config, model_dir: str | None, tokenizer=None) -> tup
 
 @dataclass
 class Part:
-    name: str
+    kind: str  # weights, gradients, optimiser, gathered, activations, logits, kv_cache, runtime
+    name: str  # what the table shows
     nbytes: float
     host: bool = False  # offloaded to host memory (actor.cpu_offload)
 
@@ -168,6 +171,7 @@ class RolePlan:
     notes: list[str] = field(default_factory=list)
     cannot_start: str = ""  # a reason the role fails whatever the memory left (vLLM's KV cache too small)
     engine: str = ""  # the rollout's engine (vllm sleeps when colocated, hf does not)
+    fit_note: str = ""  # said after "fits" (how many sequences vLLM's KV cache holds)
 
     @property
     def device_bytes(self) -> float:
@@ -177,8 +181,8 @@ class RolePlan:
     def host_bytes(self) -> float:
         return sum(p.nbytes for p in self.parts if p.host)
 
-    def bytes_of(self, *names: str) -> float:
-        return sum(p.nbytes for p in self.parts if p.name.split(" ")[0] in names and not p.host)
+    def bytes_of(self, *kinds: str) -> float:
+        return sum(p.nbytes for p in self.parts if p.kind in kinds and not p.host)
 
 
 @dataclass
@@ -245,8 +249,10 @@ def plan_memory(cfg: Config, shape: ModelShape, *, measured: tuple[int, int] | N
         roles.append(_reference(cfg, shape, lengths))
     gpu = res.gpu_memory_gib * GIB
     any_gpu = any(r.on_gpu for r in roles)
+    unit = (f"GiB per GPU, {_gib(gpu)} GiB GPUs, 10% kept free" if any_gpu
+            else "CPU workers: host memory per worker, GiB")
     header = [
-        f"memory plan ({'GiB per GPU, ' + _gib(gpu) + ' GiB GPUs, 10% kept free' if any_gpu else 'CPU workers: host memory per worker, GiB'}):",
+        f"memory plan ({unit}):",
         f"  {shape.name}: {_count(shape.params)} parameters (embedding {_count(shape.embedding_params)}, "
         f"{shape.layers} layers x {_count(shape.layer_params)}, "
         + ("head tied" if shape.tied else f"head {_count(shape.head_params)}")
@@ -342,14 +348,15 @@ def _actor(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
     rows, tokens = micro_batch(cfg, lengths, ranks)
     act = activation_bytes(shape, tokens, b, actor.gradient_checkpointing)
     how = "checkpointed" if actor.gradient_checkpointing else "not checkpointed"
-    parts.append(Part(f"activations: {rows} x {lengths.row} tokens, {how}", act))
+    parts.append(Part("activations", f"activations: {rows} x {lengths.row} tokens, {how}", act))
     chunk = actor.logits_chunk_size or 0
     logits = logit_bytes(shape, tokens, rows * lengths.response, chunk, b)
-    parts.append(Part(f"logits: {'chunk ' + str(min(chunk, rows * lengths.response)) if chunk else 'plain, all'}"
-                      f" x {shape.vocab} vocab", logits))
+    size = f"chunk {min(chunk, rows * lengths.response)}" if chunk else f"plain, {tokens} positions"
+    parts.append(Part("logits", f"logits: {size} x {shape.vocab} vocab", logits))
     where = f"{res.num_gpus:g} GPU" if on_gpu else "CPU"
     name = actor.strategy + (f" ZeRO-{actor.zero_stage}" if actor.strategy == "deepspeed" else "")
-    return RolePlan("actor", f"actor {res.count} x {where}, {name}", on_gpu, parts, _sharing(res, cfg.resources.placement))
+    return RolePlan("actor", f"actor {res.count} x {where}, {name}", on_gpu, parts,
+                    _sharing(res, cfg.resources.placement))
 
 
 def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> list[Part]:
@@ -366,26 +373,28 @@ def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> l
     # one prefetched, and one layer's unsharded gradients before they are reduce-scattered.
     gathered = (shape.embedding_params + shape.head_params + 2 * one_layer) * b + one_layer * b
     if actor.strategy == "torch":
-        return [Part("weights", p * wb), Part("gradients", trainable * wb),
-                Part(f"optimiser: AdamW m, v in {cfg.model.dtype}", 2 * trainable * wb)]
+        return [Part("weights", "weights", p * wb), Part("gradients", "gradients", trainable * wb),
+                Part("optimiser", f"optimiser: AdamW m, v in {cfg.model.dtype}", 2 * trainable * wb)]
     n = ranks
     if actor.strategy == "fsdp2":
-        parts = [Part(f"weights: shard 1/{n}", p * wb / n, host=offload),
-                 Part(f"gradients: shard 1/{n}", trainable * wb / n, host=offload),
-                 Part(f"optimiser: AdamW m, v 1/{n}", 2 * trainable * wb / n, host=offload)]
+        parts = [Part("weights", f"weights: shard 1/{n}", p * wb / n, host=offload),
+                 Part("gradients", f"gradients: shard 1/{n}", trainable * wb / n, host=offload),
+                 Part("optimiser", f"optimiser: AdamW m, v, shard 1/{n}", 2 * trainable * wb / n, host=offload)]
         if actor.reshard_after_forward:
-            parts.append(Part("gathered: embedding, head, 2 layers", gathered))
-        else:
-            parts.append(Part("gathered: all layers (no reshard)", p * b + one_layer * b))
+            parts.append(Part("gathered", "gathered: embedding, head, 2 layers", gathered))
+        else:  # every layer stays gathered from its forward to its backward
+            parts.append(Part("gathered", "gathered: all layers (no reshard)", p * b + one_layer * b))
         return parts
     stage = actor.zero_stage
-    weights = Part("weights" + (f": shard 1/{n}" if stage == 3 else ""), p * b / (n if stage == 3 else 1),
+    # ZeRO-1 shards the optimiser, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+    weights = Part("weights", "weights" + (f": shard 1/{n}" if stage == 3 else ""), p * b / (n if stage == 3 else 1),
                    host=offload and stage == 3)
-    grads = Part("gradients" + (f": shard 1/{n}" if stage >= 2 else ""), trainable * b / (n if stage >= 2 else 1))
+    grads = Part("gradients", "gradients" + (f": shard 1/{n}" if stage >= 2 else ""),
+                 trainable * b / (n if stage >= 2 else 1))
     parts = [weights, grads,
-             Part(f"optimiser: fp32 master, m, v, grads 1/{n}", 16 * trainable / n, host=offload)]
+             Part("optimiser", f"optimiser: fp32 master, m, v, grads 1/{n}", 16 * trainable / n, host=offload)]
     if stage == 3:
-        parts.append(Part("gathered: embedding, head, 2 layers", gathered))
+        parts.append(Part("gathered", "gathered: embedding, head, 2 layers", gathered))
     return parts
 
 
@@ -398,30 +407,35 @@ def _rollout(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
     kv_token = 2 * shape.layers * math.ceil(shape.kv_heads / tp) * shape.head_dim * wb
     weights = shape.params * wb / tp
     engine = _engine(cfg, shape, on_gpu)
-    label = f"rollout {res.count} x {f'{res.num_gpus:g} GPU' if on_gpu else 'CPU'}, {engine}" + (f" tp {tp}" if tp > 1 else "")
+    where = f"{res.num_gpus:g} GPU" if on_gpu else "CPU"
+    label = f"rollout {res.count} x {where}, {engine}" + (f" tp {tp}" if tp > 1 else "")
     sharing = _sharing(res, cfg.resources.placement)
     if engine == "hf":  # the HF engine decodes the whole batch with its own growing cache
         modes = max(1, len(rollout.modes))
         rows = cfg.data.prompts_per_step * rollout.n * modes // res.count
         kv = rows * lengths.engine_row * kv_token
-        return RolePlan("rollout", label, on_gpu, [Part("weights", weights), Part(f"KV cache: {rows} rows", kv)],
-                        sharing, engine=engine)
+        parts = [Part("weights", "weights", weights), Part("kv_cache", f"KV cache: {rows} rows", kv)]
+        return RolePlan("rollout", label, on_gpu, parts, sharing, engine=engine)
     if not on_gpu:
         kv = rollout.kv_cache_gib * GIB
-        notes = [f"KV cache holds {kv // kv_token:,.0f} tokens (rollout.kv_cache_gib)"]
-        return RolePlan("rollout", label, on_gpu, [Part("weights", weights), Part("KV cache", kv)], sharing, notes,
-                        engine=engine)
+        notes = [f"KV cache holds {kv // kv_token:,.0f} tokens"]
+        parts = [Part("weights", "weights", weights), Part("kv_cache", "KV cache (rollout.kv_cache_gib)", kv)]
+        return RolePlan("rollout", label, on_gpu, parts, sharing, notes, engine=engine)
     budget = rollout.gpu_memory_utilization * cfg.resources.gpu_memory_gib * GIB
     runtime = VLLM_RUNTIME_GIB * GIB
     kv = budget - weights - runtime
     tokens = max(0, int(kv // kv_token))
-    parts = [Part(f"weights: {'1/' + str(tp) + ' ' if tp > 1 else ''}{cfg.model.dtype}", weights),
-             Part("vLLM runtime (activations, graphs)", runtime),
-             Part(f"KV cache: {rollout.gpu_memory_utilization:g} x GPU - the rest", max(kv, 0.0))]
+    parts = [Part("weights", f"weights: {'shard 1/' + str(tp) + ', ' if tp > 1 else ''}{cfg.model.dtype}", weights),
+             Part("runtime", "vLLM runtime (activations, graphs)", runtime),
+             Part("kv_cache", f"KV cache: {rollout.gpu_memory_utilization:g} x GPU - the rest", max(kv, 0.0))]
     wanted = rollout.max_num_seqs * lengths.engine_row
-    notes = [f"KV cache holds {tokens:,} tokens = {tokens // lengths.engine_row} sequences of "
-             f"{lengths.engine_row} (max_num_seqs {rollout.max_num_seqs} would need {wanted:,})"]
-    plan = RolePlan("rollout", label, on_gpu, parts, sharing, notes, engine=engine)
+    at_once = f"{tokens // lengths.engine_row} sequences of {lengths.engine_row} at once"
+    notes = [f"KV cache: {tokens:,} tokens = {at_once} (max_num_seqs {rollout.max_num_seqs}: {wanted:,})"]
+    fit_note = f"KV cache for {at_once}"
+    if tokens < FEW_SEQUENCES * lengths.engine_row:
+        fit_note += (f"; few for a batch: rollout.tensor_parallel_size={2 * tp} "
+                     f"resources.rollout.num_gpus={2 * tp} holds more")
+    plan = RolePlan("rollout", label, on_gpu, parts, sharing, notes, engine=engine, fit_note=fit_note)
     if tokens < lengths.engine_row:
         plan.cannot_start = (f"KV cache {_gib(max(kv, 0))} GiB holds {tokens:,} tokens < one sequence of "
                              f"{lengths.engine_row}: vLLM refuses to start")
@@ -447,9 +461,9 @@ def _reference(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
     act = ACTIVATION_SCALE * tokens * layer_activation_bytes(shape, wb)
     chunk = cfg.actor.logits_chunk_size or 0
     logits = logit_bytes(shape, tokens, rows * lengths.response, chunk, wb, grad=False)
-    parts = [Part(f"weights: {cfg.model.dtype}, unsharded", shape.params * wb),
-             Part(f"forward: {rows} x {lengths.row} tokens, no grad", act),
-             Part("logits (no grad)", logits)]
+    parts = [Part("weights", f"weights: {cfg.model.dtype}, unsharded", shape.params * wb),
+             Part("activations", f"forward: {rows} x {lengths.row} tokens, no grad", act),
+             Part("logits", "logits, no grad", logits)]
     label = f"reference {res.count} x {f'{res.num_gpus:g} GPU' if on_gpu else 'CPU'}"
     return RolePlan("reference", label, on_gpu, parts, _sharing(res, cfg.resources.placement))
 
@@ -457,7 +471,7 @@ def _reference(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
 def _colocated_phases(cfg: Config, roles: list[RolePlan]) -> list[tuple[str, float]]:
     """Sums on a GPU that actor rank i, rollout engine i and reference i share (resources.placement=colocate,
     their num_gpus adding up to at most 1). Colocated vLLM sleeps while the actor trains (cluster.py
-    rollout_sleeps): generation holds the actor's weights and optimiser state beside the awake engine;
+    rollout_sleeps): generation holds the actor at rest (weights and optimiser state) beside the awake engine;
     training holds the actor's peak beside the asleep engine and the reference (its log-probs counted at
     their peak, as if beside the update)."""
     res = cfg.resources
@@ -467,65 +481,69 @@ def _colocated_phases(cfg: Config, roles: list[RolePlan]) -> list[tuple[str, flo
     actor = next(r for r in roles if r.role == "actor")
     rollout = next(r for r in roles if r.role == "rollout")
     reference = next((r for r in shared if r.role == "reference"), None)
-    resident = actor.bytes_of("weights:", "weights", "optimiser:", "optimiser")
-    ref_weights = reference.bytes_of("weights:") if reference else 0.0
+    resident = actor.bytes_of("weights", "optimiser")  # gradients are freed after each optimiser step
+    ref_weights = reference.bytes_of("weights") if reference else 0.0
     ref_peak = reference.device_bytes if reference else 0.0
     # The HF engine has no sleep mode: it keeps its weights and cache.
     asleep = VLLM_ASLEEP_GIB * GIB if rollout.engine == "vllm" else rollout.device_bytes
-    return [("generation: actor weights + optimiser, rollout awake" + (", reference weights" if reference else ""),
-             resident + rollout.device_bytes + ref_weights),
-            ("training: actor peak, rollout asleep" + (", reference peak" if reference else ""),
-             actor.device_bytes + asleep + ref_peak)]
+    ref = " + reference" if reference else ""
+    return [("generation: actor at rest + rollout awake" + ref, resident + rollout.device_bytes + ref_weights),
+            ("training: actor peak + rollout asleep" + ref, actor.device_bytes + asleep + ref_peak)]
 
 
 # ----- verdicts and suggestions ---------------------------------------------------------------------
 
 def _verdicts(cfg: Config, shape: ModelShape, roles: list[RolePlan], colocated: list[tuple[str, float]],
               gpu: float, measured: tuple[int, int] | None, suggest: bool) -> tuple[list[str], bool]:
+    """One line per role ("fits" / "does NOT fit ...; try ..."), one per colocated phase; and whether all fit."""
     usable = gpu * (1 - FREE_FRACTION)
-    lines, fits = [], True
-    for role in roles:
-        if not role.on_gpu:
-            lines.append(f"{role.role}: {_gib(role.device_bytes)} GiB of host memory per worker (no GPU declared)")
-            continue
-        total = role.device_bytes * role.sharing
-        shared = f" ({role.sharing} workers per GPU)" if role.sharing > 1 else ""
-        if role.cannot_start:
-            fits = False
-            hint = _rollout_hints(cfg, shape, measured) if suggest else ""
-            lines.append(f"{role.role}: does NOT fit: {role.cannot_start}" + (f"; try {hint}" if hint else ""))
-        elif role.role != "rollout" and total > usable:
-            fits = False
-            hint = _suggestions(cfg, shape, role.role, measured) if suggest else ""
-            lines.append(f"{role.role}: does NOT fit: {_gib(total)} GiB{shared} > {_gib(usable)} GiB"
-                         + (f"; try {hint}" if hint else ""))
-        elif role.role == "rollout":
-            lines.append(f"rollout: fits: {_gib(total)} GiB{shared} (rollout.gpu_memory_utilization="
-                         f"{cfg.rollout.gpu_memory_utilization:g}); {role.notes[0] if role.notes else ''}")
-        else:
-            lines.append(f"{role.role}: fits: {_gib(total)} of {_gib(usable)} GiB{shared}")
+    lines = [_role_verdict(cfg, shape, role, gpu, measured, suggest) for role in roles]
     for phase, total in colocated:
+        name = phase.split(":")[0]
         if total > usable:
-            fits = False
-            lines.append(f"shared GPU, {phase.split(':')[0]}: does NOT fit: {_gib(total)} GiB > {_gib(usable)} GiB; "
-                         "try a lower rollout.gpu_memory_utilization, actor.cpu_offload=true or placement=split")
+            lines.append(f"shared GPU, {name}: does NOT fit: {_gib(total)} GiB > {_gib(usable)} GiB; try a lower "
+                         "rollout.gpu_memory_utilization, actor.cpu_offload=true or resources.placement=split")
         else:
-            lines.append(f"shared GPU, {phase.split(':')[0]}: fits: {_gib(total)} of {_gib(usable)} GiB")
+            lines.append(f"shared GPU, {name}: fits: {_gib(total)} of {_gib(usable)} GiB")
     if not any(r.on_gpu for r in roles):
-        lines.append(_host_line(roles))
-    return lines, fits
+        lines.append(_host_line(cfg, roles))
+    return lines, not any("does NOT fit" in line for line in lines)
 
 
-def _host_line(roles: list[RolePlan]) -> str:
-    res_total = sum(r.device_bytes + r.host_bytes for r in roles)  # one worker each; counts below
+def _role_verdict(cfg: Config, shape: ModelShape, role: RolePlan, gpu: float, measured: tuple[int, int] | None,
+                  suggest: bool) -> str:
+    usable = gpu * (1 - FREE_FRACTION)
+    if not role.on_gpu:
+        return f"{role.role}: {_gib(role.device_bytes)} GiB of host memory per worker (no GPU declared)"
+    total = role.device_bytes * role.sharing
+    shared = f" ({role.sharing} workers per GPU)" if role.sharing > 1 else ""
+    if role.cannot_start:
+        hint = _rollout_hints(cfg, shape, measured) if suggest else ""
+        return f"{role.role}: does NOT fit: {role.cannot_start}" + (f"; try {hint}" if hint else "")
+    if role.engine == "vllm":  # its budget is a share of the GPU, taken whole at start
+        if total > gpu:
+            return (f"rollout: does NOT fit: {role.sharing} engines x rollout.gpu_memory_utilization="
+                    f"{cfg.rollout.gpu_memory_utilization:g} > the whole GPU; lower it")
+        return (f"rollout: fits: {_gib(total)} GiB{shared} (gpu_memory_utilization "
+                f"{cfg.rollout.gpu_memory_utilization:g}), {role.fit_note}")
+    if total > usable:
+        hint = _suggestions(cfg, shape, role.role, measured) if suggest and role.role != "rollout" else ""
+        return (f"{role.role}: does NOT fit: {_gib(total)} GiB{shared} > {_gib(usable)} GiB"
+                + (f"; try {hint}" if hint else ""))
+    return f"{role.role}: fits: {_gib(total)} of {_gib(usable)} GiB{shared}"
+
+
+def _host_line(cfg: Config, roles: list[RolePlan]) -> str:
+    """CPU workers: every worker's host memory together, against this machine's."""
+    total = sum(getattr(cfg.resources, r.role).count * (r.device_bytes + r.host_bytes) for r in roles)
     available = _host_memory()
     there = f"; this machine has {_gib(available)} GiB" if available else ""
-    return f"all roles, one worker each: {_gib(res_total)} GiB of host memory{there}"
+    return f"all workers together: {_gib(total)} GiB of host memory{there}"
 
 
 def _host_memory() -> float | None:
     try:
-        line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        line = next(row for row in Path("/proc/meminfo").read_text().splitlines() if row.startswith("MemTotal"))
     except (OSError, StopIteration):
         return None
     return int(line.split()[1]) * 1024
@@ -563,8 +581,9 @@ def _candidates(cfg: Config, shape: ModelShape, measured: tuple[int, int] | None
     if actor.strategy == "deepspeed" and actor.zero_stage < 3:
         found.append(("actor.zero_stage=3", {"actor__zero_stage": 3}))
     rows, _ = micro_batch(cfg, sequence_lengths(cfg, shape, measured), n if actor.strategy != "torch" else 1)
+    budget = " actor.max_tokens_per_micro_batch=null" if actor.max_tokens_per_micro_batch else ""
     for smaller in _smaller_micro_batches(actor.mini_batch_size, rows):
-        found.append((f"actor.micro_batch_size={smaller}",
+        found.append((f"actor.micro_batch_size={smaller}{budget}",
                       {"actor__micro_batch_size": smaller, "actor__max_tokens_per_micro_batch": None}))
     for ranks in (2 * n, 4 * n, 8 * n):
         if actor.strategy == "torch":
@@ -636,8 +655,8 @@ def _rollout_hints(cfg: Config, shape: ModelShape, measured: tuple[int, int] | N
         trial = _with(cfg, rollout__tensor_parallel_size=larger, resources__rollout__num_gpus=larger)
         plan = plan_memory(trial, shape, measured=measured, suggest=False)
         if not plan.role("rollout").cannot_start:
-            return (f"rollout.tensor_parallel_size={larger} resources.rollout.num_gpus={larger}"
-                    + ("" if cfg.rollout.gpu_memory_utilization >= 0.85 else " or a higher rollout.gpu_memory_utilization"))
+            higher = "" if cfg.rollout.gpu_memory_utilization >= 0.85 else " or a higher rollout.gpu_memory_utilization"
+            return f"rollout.tensor_parallel_size={larger} resources.rollout.num_gpus={larger}{higher}"
     return "a shorter rollout.max_new_tokens, or more GPUs per engine"
 
 
@@ -694,7 +713,9 @@ def plan_lines(cfg: Config, model_dir: str | None = None, tokenizer=None, sample
             lines.append(f"memory plan of {label}: as {seen[key]}")
             continue
         seen[key] = label or "above"
-        lines += ([f"{label}:"] if label else []) + table
+        if label:
+            table[0] = table[0].replace("memory plan", f"memory plan, {label}", 1)
+        lines += table
     return lines
 
 

@@ -95,45 +95,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def actor_rank(rank: int, folder: str, ports: tuple[int, int], bucket_bytes: int, shared_file: str | None,
-               barrier, results, checkpoints: bool) -> None:
+def actor_rank(rank: int, jobs: list[dict], dist_port: int, checkpoints: bool, barrier, layouts, results) -> None:
+    """One FSDP2 rank: for each model size, a new actor worker; rank 0 reports what it measured."""
     import torch
 
     torch.set_num_threads(1)
     from trainer.config import ActorConfig, AlgorithmConfig
     from trainer.workers.actor import ActorWorker
 
-    worker = ActorWorker(folder, actor=ActorConfig(strategy="fsdp2", threads=1), algorithm=AlgorithmConfig(),
-                         dtype="float32", seed=0, max_len=8, rank=rank, world_size=2)
-    worker.init_distributed("127.0.0.1", ports[0])
-    layout = worker.weight_layout()
-    if rank == 0:
-        results.put(("layout", layout))
-    worker.open_weight_sync("127.0.0.1", ports[1], 2, layout, bucket_bytes, shared_file)
-    barrier.wait()  # every side has mapped the shared buffer
-    if rank == 0 and shared_file:
-        Path(shared_file).unlink()
-    out = {}
+    for index, job in enumerate(jobs):
+        worker = ActorWorker(job["folder"], actor=ActorConfig(strategy="fsdp2", threads=1),
+                             algorithm=AlgorithmConfig(), dtype="float32", seed=0, max_len=8, rank=rank, world_size=2)
+        worker.init_distributed("127.0.0.1", dist_port)  # the process group once; a strategy per worker
+        layout = worker.weight_layout()
+        if rank == 0:
+            layouts.put(layout)
+        worker.open_weight_sync("127.0.0.1", job["sync_port"], 2, layout, job["bucket_bytes"], job["shared_file"])
+        barrier.wait()  # every side has mapped the shared buffer
+        if rank == 0 and job["shared_file"]:
+            Path(job["shared_file"]).unlink()
+        out = {}
+        barrier.wait()
+        with PeakRss() as sync:
+            worker.send_weights()
+        out["sync_new"] = sync
+        barrier.wait()
+        with PeakRss() as old_sync:
+            full = worker.weights()
+        out["sync_old"] = old_sync
+        checksum = sum(float(t.double().sum()) for t in full.values()) if rank == 0 else None
+        del full
+        if checkpoints:
+            out.update(measure_checkpoints(worker, barrier, job["checkpoint_dir"]))
+        if rank == 0:
+            results.put((index, "actor", {key: {"extra_mb": v.extra / 2**20, "seconds": v.seconds}
+                                          for key, v in out.items()} | {"checksum": checksum, "layout": layout}))
+        del worker
 
-    barrier.wait()
-    with PeakRss() as sync:
-        worker.send_weights()
-    out["sync_new"] = sync
-    barrier.wait()
-    with PeakRss() as old_sync:
-        full = worker.weights()
-    out["sync_old"] = old_sync
-    checksum = sum(float(t.double().sum()) for t in full.values()) if rank == 0 else None
-    del full
 
-    if checkpoints:
-        out.update(measure_checkpoints(worker, barrier))
-    if rank == 0:
-        results.put(("actor", {key: {"extra_mb": v.extra / 2**20, "seconds": v.seconds} for key, v in out.items()}
-                     | {"checksum": checksum}))
-
-
-def measure_checkpoints(worker, barrier) -> dict:
+def measure_checkpoints(worker, barrier, folder: str) -> dict:
     import torch
 
     out = {}
@@ -144,7 +144,7 @@ def measure_checkpoints(worker, barrier) -> dict:
     worker.strategy.optimizer_step(1.0)
     barrier.wait()
     with PeakRss() as checkpoint:
-        worker.save_checkpoint(os.environ["BENCH_CKPT_DIR"])  # one folder all ranks write to
+        worker.save_checkpoint(folder)  # one folder all ranks write to
     out["checkpoint_new"] = checkpoint
     barrier.wait()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
@@ -157,59 +157,67 @@ def measure_checkpoints(worker, barrier) -> dict:
     return out
 
 
-def engine(folder: str, ports: tuple[int, int], bucket_bytes: int, shared_file: str | None, barrier, results,
-           layout, checkpoints: bool) -> None:
+def engine(jobs: list[dict], checkpoints: bool, barrier, layouts, results) -> None:
+    """The HF rollout engine: for each model size, a new worker that receives one sync."""
     import torch
 
     torch.set_num_threads(1)
     from trainer.workers.rollout import RolloutWorker
 
-    worker = RolloutWorker(folder, engine="hf", dtype="float32", seed=0, threads=1)
-    worker.open_weight_sync("127.0.0.1", ports[1], 1, 2, layout, bucket_bytes, shared_file)
-    barrier.wait()
-    barrier.wait()
-    worker.receive_weights()
-    barrier.wait()
-    if checkpoints:  # the actor's ranks measure their checkpoints (two more barriers each)
+    for index, job in enumerate(jobs):
+        worker = RolloutWorker(job["folder"], engine="hf", dtype="float32", seed=0, threads=1)
+        worker.open_weight_sync("127.0.0.1", job["sync_port"], 1, 2, layouts.get(timeout=600), job["bucket_bytes"],
+                                job["shared_file"])
         barrier.wait()
         barrier.wait()
-    checksum = sum(float(t.double().sum()) for t in worker.weights().values())
-    results.put(("engine", checksum))
+        worker.receive_weights()
+        barrier.wait()
+        if checkpoints:  # the actor's ranks measure their checkpoints (two more barriers each)
+            barrier.wait()
+            barrier.wait()
+        results.put((index, "engine", sum(float(t.double().sum()) for t in worker.weights().values())))
+        del worker
 
 
-def measure(millions: float, bucket_mb: float, mode: str, scratch: Path, checkpoints: bool) -> dict:
-    layers = layers_for(millions)
-    folder = scratch / f"model-{layers}"
-    params = build_model(folder, layers)
-    ports = (free_port(), free_port())
-    bucket_bytes = int(bucket_mb * 2**20)
-    shared_file = f"/dev/shm/bench-weights-{uuid.uuid4().hex[:8]}" if mode == "shared_memory" else None
-    os.environ["BENCH_CKPT_DIR"] = str(scratch / f"ckpt-{layers}")
+def measure(sizes: list[float], bucket_mb: float, mode: str, scratch: Path, checkpoints: bool) -> list[dict]:
+    """Every size in one set of processes (2 actor ranks, 1 engine), a fresh worker per size."""
+    jobs, params = [], []
+    for millions in sizes:
+        layers = layers_for(millions)
+        params.append(build_model(scratch / f"model-{layers}", layers))
+        jobs.append({"folder": str(scratch / f"model-{layers}"), "sync_port": free_port(),
+                     "bucket_bytes": int(bucket_mb * 2**20), "checkpoint_dir": str(scratch / f"checkpoint-{layers}"),
+                     "shared_file": f"/dev/shm/bench-weights-{uuid.uuid4().hex[:8]}" if mode == "shared_memory" else None})
     context = mp.get_context("spawn")
-    barrier, results = context.Barrier(3), context.Queue()
-    ranks = [context.Process(target=actor_rank, args=(r, str(folder), ports, bucket_bytes, shared_file, barrier, results, checkpoints))
-             for r in range(2)]
-    for process in ranks:
+    barrier, layouts, results = context.Barrier(3), context.Queue(), context.Queue()
+    dist_port = free_port()
+    processes = [context.Process(target=actor_rank, args=(r, jobs, dist_port, checkpoints, barrier, layouts, results))
+                 for r in range(2)]
+    processes.append(context.Process(target=engine, args=(jobs, checkpoints, barrier, layouts, results)))
+    for process in processes:
         process.start()
-    kind, layout = results.get(timeout=600)
-    assert kind == "layout"
-    receiver = context.Process(target=engine, args=(str(folder), ports, bucket_bytes, shared_file, barrier, results, layout, checkpoints))
-    receiver.start()
-    got = dict(results.get(timeout=1200) for _ in range(2))
-    for process in [*ranks, receiver]:
+    got: dict[tuple[int, str], object] = {}
+    for _ in range(2 * len(jobs)):
+        index, kind, value = results.get(timeout=1800)
+        got[index, kind] = value
+    for process in processes:
         process.join(timeout=120)
-    if shared_file:
-        Path(shared_file).unlink(missing_ok=True)
+    for job in jobs:
+        if job["shared_file"]:
+            Path(job["shared_file"]).unlink(missing_ok=True)
     from trainer.rollout.weight_sync import buffer_bytes, plan_buckets
 
-    largest = max(m.nbytes for m in layout)
-    return {
-        "params_m": params / 1e6, "layers": layers, "model_mb": params * 4 / 2**20, "mode": mode,
-        "bucket_mb": bucket_mb, "buffer_mb": buffer_bytes(plan_buckets(layout, bucket_bytes)) / 2**20,
-        "largest_tensor_mb": largest / 2**20,
-        **{k: v for k, v in got["actor"].items() if k != "checksum"},
-        "engine_matches": abs(got["engine"] - got["actor"]["checksum"]) <= 1e-6 * max(1.0, abs(got["engine"])),
-    }
+    rows = []
+    for index, (job, count) in enumerate(zip(jobs, params)):
+        actor = dict(got[index, "actor"])
+        layout, checksum, engine_sum = actor.pop("layout"), actor.pop("checksum"), got[index, "engine"]
+        rows.append({
+            "params_m": count / 1e6, "layers": layers_for(sizes[index]), "model_mb": count * 4 / 2**20, "mode": mode,
+            "bucket_mb": bucket_mb, "buffer_mb": buffer_bytes(plan_buckets(layout, job["bucket_bytes"])) / 2**20,
+            "largest_tensor_mb": max(m.nbytes for m in layout) / 2**20, **actor,
+            "engine_matches": abs(engine_sum - checksum) <= 1e-6 * max(1.0, abs(engine_sum)),
+        })
+    return rows
 
 
 def describe(row: dict) -> str:
@@ -233,11 +241,11 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Freed tensors go back to the system at once, so resident memory follows what is alive.
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as scratch:
-        for size in [float(s) for s in args.sizes.split(",")]:
-            rows.append(measure(size, args.bucket_mb, args.mode, Path(scratch), not args.no_checkpoints))
-            print(describe(rows[-1]), flush=True)
+        rows = measure([float(s) for s in args.sizes.split(",")], args.bucket_mb, args.mode, Path(scratch),
+                       not args.no_checkpoints)
+    for row in rows:
+        print(describe(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -72,7 +72,6 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
                 rows.append(metrics)
                 walls.append(time.time() - clock)
         sync_bytes = trainer.workers.weight_bytes()
-        split = sync_split(trainer.workers) if trainer.workers.sync_path == "shared_memory" else None
     finally:
         trainer.close()
     print(f"setting: rollout={cfg.rollout.engine} ray={cfg.engine.ray} weight_sync={trainer.workers.sync_path} "
@@ -89,23 +88,8 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
     print(f"  {'step (wall)':<18} {spread(walls)}")
     print(f"rollout tokens/s:     {statistics.median(r['throughput/rollout_tokens_per_s'] for r in rows):8.0f}")
     print(f"update tokens/s:      {statistics.median(r['throughput/update_tokens_per_s'] for r in rows):8.0f}")
-    print(f"weight sync MB/step:  {sync_bytes / 2**20:8.1f}")
-    if split:
-        print(f"weight sync split s:  actor writes shared memory {spread(split[0])}   engines load {spread(split[1])}")
+    print(f"weight sync MB/step:  {sync_bytes / 2**20:8.1f}   (buckets of rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb:g})")
     print(f"mean response tokens: {statistics.median(r['response_len/mean'] for r in rows):8.1f}")
-
-
-def sync_split(workers, times: int = 5) -> tuple[list[float], list[float]]:
-    """The shared-memory sync's two halves timed apart: actor rank 0's copy in, the engines' load."""
-    writes, loads = [], []
-    for _ in range(times):
-        clock = time.time()
-        workers.actor.call("write_shared_weights")
-        wrote = time.time()
-        workers.rollout.call("load_shared_weights")
-        writes.append(wrote - clock)
-        loads.append(time.time() - wrote)
-    return writes, loads
 
 
 def run_plain(cfg, steps: int, warmup: int) -> None:

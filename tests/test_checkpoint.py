@@ -143,3 +143,15 @@ def test_a_write_error_keeps_the_last_checkpoint_and_says_what_space_is_needed(t
     assert "this one had written 20000 when it failed" in message and f"bytes are free on {root}" in message
     assert sorted(p.name for p in root.iterdir()) == ["step_00000001"]  # no partial folder, nothing pruned
     assert load_checkpoint(latest_checkpoint(root))["w"].shape == (1000,)
+
+
+def test_export_names_what_a_checkpoint_lacks(tmp_path, capsys):
+    from trainer.export_command import main as export
+
+    save_checkpoint(tmp_path, 1, {"actor": {"strategy": {}}})  # the single-file format
+    assert export([str(tmp_path / "step_00000001")]) == 2
+    assert "holds the actor as one file" in capsys.readouterr().err
+    save_checkpoint(tmp_path, 2, {"sampler": {}}, folders={"actor": lambda folder: {"strategy": "fsdp2"}})
+    assert export([str(tmp_path / "step_00000002")]) == 2
+    assert "does not name the folder its run started from" in capsys.readouterr().err
+    assert export([]) == 2 and "usage: python -m trainer export" in capsys.readouterr().out

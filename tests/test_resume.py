@@ -133,6 +133,14 @@ def test_sharded_checkpoint_resumes_on_new_workers_and_onto_one_rank(tmp_path):
     assert sorted(p.name for p in (checkpoint / "actor").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     at_step_2 = read_shards(checkpoint / "actor")["model"]
     assert any(not torch.equal(weights_a[k], at_step_2[k]) for k in weights_a), "steps 2-3 did not move the weights"
+    # On demand, the same checkpoint as a Hugging Face folder.
+    from trainer.export_command import main as export
+    from trainer.modeling import load_causal_lm
+
+    assert export([str(checkpoint), str(tmp_path / "exported")]) == 0
+    exported = load_causal_lm(str(tmp_path / "exported")).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in at_step_2.items())
+    assert (tmp_path / "exported" / "tokenizer.json").is_file()
     weights_b, metrics_b = run(tmp_path / "b", 2, resume_from=checkpoint)
     weights_c, metrics_c = run(tmp_path / "c", 1, resume_from=checkpoint)
     for name, tensor in weights_a.items():

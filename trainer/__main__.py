@@ -1,7 +1,8 @@
 """`python -m trainer [recipe=NAME] [key=value ...]`: train with a Hydra recipe (default: quickstart).
 
 `python -m trainer eval [MODEL] [recipe=NAME] [key=value ...]` evaluates a model (trainer/eval_command.py);
-`python -m trainer report RUN_DIR [RUN_DIR ...]` plots runs (trainer/report.py).
+`python -m trainer report RUN_DIR [RUN_DIR ...]` plots runs (trainer/report.py);
+`python -m trainer export CHECKPOINT [OUT]` writes a checkpoint as a model folder (trainer/export_command.py).
 
 Extra flags: `--cfg` prints the resolved config and exits; `--list` lists recipes; `--check` checks the
 recipe in seconds (config, model folder, data, the first prompt as rollout renders it, rewards on a gold
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.eval_command import main as evaluate
 
         return evaluate(argv[1:])
+    if argv[:1] == ["export"]:
+        from trainer.export_command import main as export
+
+        return export(argv[1:])
     if argv[:1] == ["report"]:
         from trainer.report import main as report
 

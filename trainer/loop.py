@@ -199,6 +199,8 @@ class Trainer:
     # ----- checkpoints --------------------------------------------------------------------------
     def save(self, step: int, summary: dict) -> None:
         state = {
+            # Where the run's policy started: its config and tokenizer, for `python -m trainer export`.
+            "policy": {"model": str(self.workers.policy_path), "tokenizer": str(self.tokenizer_path)},
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(),
             "summary": summary,

@@ -1,0 +1,57 @@
+"""`python -m trainer export CHECKPOINT [OUT]`: a checkpoint's actor weights as a Hugging Face model folder,
+with the config and tokenizer (or a vision model's processor) of the folder the run's policy started from.
+It reads the shards in this one process (torch.distributed.checkpoint reshards them), so it needs memory
+for the whole model once; a running trainer writes `final_model/` itself, as the weights are gathered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """usage: python -m trainer export CHECKPOINT [OUT]
+
+  CHECKPOINT  a checkpoint folder, e.g. outputs/quickstart/checkpoints/step_00000040
+  OUT         where to write the model folder (default: CHECKPOINT/hf_model)
+"""
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """Write `checkpoint`'s actor weights into `out` as a Hugging Face folder; errors name what is missing."""
+    from trainer.checkpoint import load_checkpoint, read_shards
+    from trainer.modeling import load_causal_lm, load_tokenizer
+    from trainer.vision import is_vision_model, load_processor
+
+    state = load_checkpoint(checkpoint, [])
+    if "actor" not in state["folders"]:
+        raise ValueError(f"{checkpoint} holds the actor as one file (the format before sharded checkpoints)")
+    try:
+        small = load_checkpoint(checkpoint, ["actor", "policy"])
+    except KeyError:
+        raise ValueError(f"{checkpoint} does not name the folder its run started from (written before export "
+                         "existed): load its weights with trainer.checkpoint.read_shards") from None
+    if small["actor"].get("strategy") == "deepspeed":
+        raise ValueError(f"{checkpoint}/actor is in DeepSpeed's format: convert it with DeepSpeed's zero_to_fp32.py")
+    policy = small["policy"]
+    if not Path(policy["model"]).is_dir():
+        raise FileNotFoundError(f"the run started from {policy['model']}, which is not a folder here any more")
+    model = load_causal_lm(policy["model"])
+    model.load_state_dict(read_shards(checkpoint / "actor")["model"])
+    model.save_pretrained(out)
+    vision = is_vision_model(policy["model"])
+    (load_processor(policy["tokenizer"]) if vision else load_tokenizer(policy["tokenizer"])).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv or not 1 <= len(argv) <= 2:
+        print(USAGE)
+        return 0 if argv and ("-h" in argv or "--help" in argv) else 2
+    checkpoint = Path(argv[0])
+    out = Path(argv[1]) if len(argv) == 2 else checkpoint / "hf_model"
+    try:
+        export_checkpoint(checkpoint, out)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"[export] {checkpoint} -> {out}")
+    return 0

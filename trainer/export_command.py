@@ -34,6 +34,9 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     policy = small["policy"]
     if not Path(policy["model"]).is_dir():
         raise FileNotFoundError(f"the run started from {policy['model']}, which is not a folder here any more")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the command's one line says what happened
     model = load_causal_lm(policy["model"])
     model.load_state_dict(read_shards(checkpoint / "actor")["model"])
     model.save_pretrained(out)

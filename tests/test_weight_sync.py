@@ -1,5 +1,6 @@
-"""rollout.weight_sync: actor rank 0 broadcasts to every engine (collective) or writes shared memory they load
-from (shared_memory, the default on one CPU host); engines end up bit-equal to the actor."""
+"""rollout.weight_sync in buckets: actor rank 0 writes shared memory the engines load from (shared_memory, the
+default on one CPU host) or broadcasts to them (collective); engines end up bit-equal to the actor. The bucket
+stream itself, by hand: tests/test_shared_weights.py."""
 
 from __future__ import annotations
 
@@ -32,12 +33,16 @@ def run_steps(tmp_path, *extra, sync="collective") -> tuple[Trainer, dict, list[
     return trainer, initial, metrics
 
 
-def test_broadcast_from_two_fsdp2_ranks_to_two_hf_engines(tmp_path):
+def test_two_fsdp2_ranks_to_two_hf_engines_through_shared_memory_by_default(tmp_path):
+    # Buckets of 0.25 MiB: the tiny model's layers (about 0.26 MB each) travel one or two a bucket.
+    before = set(Path("/dev/shm").glob("reasoning-rl-weights-*"))
     trainer, initial, metrics = run_steps(
         tmp_path, "rollout.engine=hf", "resources.rollout.count=2", "actor.strategy=fsdp2", "resources.actor.count=2",
-        "rollout.sync_bucket_mb=0.25",
+        "rollout.sync_bucket_mb=0.25", sync="auto",
     )
     try:
+        assert trainer.workers.sync_path == "shared_memory"
+        assert set(Path("/dev/shm").glob("reasoning-rl-weights-*")) == before, "names left in /dev/shm"
         assert trainer.workers.weight_layout is not None and len(trainer.workers.weight_layout) == len(initial)
         actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial), "the actor's weights did not move"
@@ -45,50 +50,22 @@ def test_broadcast_from_two_fsdp2_ranks_to_two_hf_engines(tmp_path):
             for name, tensor in actor.items():
                 assert torch.equal(engine[name], tensor), f"engine {name} differs from the actor after sync"
         assert all(m["time/sync"] > 0 for m in metrics)
-        # The next step's sampling used the synced weights: log-probs agree with the actor's.
-        assert metrics[1]["logp_mismatch"] < 1e-5
-    finally:
-        trainer.close()
-
-
-def test_broadcast_into_vllm(tmp_path):
-    trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm")
-    try:
-        actor = trainer.workers.actor.call("weights")[0]
-        assert any(not torch.equal(actor[k], initial[k]) for k in initial)
-        assert_same(trainer.workers.rollout.call("weights")[0], actor, "after a collective sync")
-        assert metrics[1]["logp_mismatch"] < 1e-3
-    finally:
-        trainer.close()
-
-
-def test_shared_memory_by_default_into_two_hf_engines(tmp_path):
-    before = set(Path("/dev/shm").glob("reasoning-rl-weights-*"))
-    trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=hf", "resources.rollout.count=2", sync="auto")
-    try:
-        assert trainer.workers.sync_path == "shared_memory"
-        assert set(Path("/dev/shm").glob("reasoning-rl-weights-*")) == before, "names left in /dev/shm"
-        actor = trainer.workers.actor.call("weights")[0]
-        assert any(not torch.equal(actor[k], initial[k]) for k in initial), "the actor's weights did not move"
-        for engine in trainer.workers.rollout.call("weights"):
-            for name, tensor in actor.items():
-                assert torch.equal(engine[name], tensor), f"engine {name} differs from the actor after sync"
-        # One optimiser step per batch: no separate old log-probs pass; the update measured the mismatch.
+        # One optimiser step per batch: no separate old log-probs pass; the update measured the mismatch, and
+        # the next step's sampling used the synced weights.
         assert all("time/old_logprobs" not in m for m in metrics)
         assert metrics[1]["logp_mismatch"] < 1e-5
     finally:
         trainer.close()
 
 
-def test_shared_memory_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(tmp_path):
-    # Buckets of 0.25 MiB: the tiny model's layers (about 0.26 MB each) travel one or two a bucket, so vLLM
-    # reloads several partial sets of layers per sync.
+def test_collective_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(tmp_path):
+    # vLLM reloads several partial sets of layers per sync (one reload a bucket).
     trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm", "actor.mini_batch_size=4",
-                                          "rollout.sync_bucket_mb=0.25", sync="shared_memory")
+                                          "rollout.sync_bucket_mb=0.25", sync="collective")
     try:
         actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial)
-        assert_same(trainer.workers.rollout.call("weights")[0], actor, "after a shared-memory sync")
+        assert_same(trainer.workers.rollout.call("weights")[0], actor, "after a bucketed collective sync")
         assert all(m["time/old_logprobs"] > 0 and m["actor/optimizer_steps"] == 2 for m in metrics)
         assert metrics[1]["logp_mismatch"] < 1e-3
     finally:

@@ -92,10 +92,10 @@ def test_a_receiver_process_loads_every_tensor_of_two_syncs(tmp_path, shared):
                               f"receiver('127.0.0.1', {port}, {bucket_bytes}, {shared_file!r}, {str(out)!r})"], cwd=ROOT)
     try:
         channel = BucketChannel(SyncGroup("127.0.0.1", port, rank=0, world_size=2), buckets, shared_file)
+        first = state()
+        channel.send(iter(first.items()))  # the receiver takes part: it has mapped the file
         if shared_file:
             Path(shared_file).unlink()  # both sides hold the mapping: the name can go
-        first = state()
-        channel.send(iter(first.items()))
         second = {name: tensor * 2 for name, tensor in first.items()}
         channel.send(iter(second.items()))
         assert child.wait(timeout=120) == 0
@@ -125,3 +125,23 @@ def test_room_in_shared_memory():
     assert shared_memory_room(1 << 20)
     assert not shared_memory_room(1 << 60)
     assert not shared_memory_room(1, folder="/no/such/folder")
+
+
+def test_a_receiver_whose_shared_file_is_gone_says_so_instead_of_loading_zeros(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    buckets = plan_buckets(describe(state().items()), 200)
+    shared_file = f"/dev/shm/test-weights-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "loaded.json"
+    child = subprocess.Popen([sys.executable, "-c", f"from tests.test_shared_weights import receiver; "
+                              f"receiver('127.0.0.1', {port}, 200, {shared_file!r}, {str(out)!r})"],
+                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        group = SyncGroup("127.0.0.1", port, rank=0, world_size=2)
+        group.barrier()  # what the sender's channel does, without ever making the file
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode != 0 and f"weight sync: {shared_file} is gone" in err
+    assert not Path(shared_file).exists() and not out.exists()

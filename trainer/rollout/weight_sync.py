@@ -141,6 +141,9 @@ class BucketChannel:
             self.buffer = torch.empty(size, dtype=torch.uint8, device=group.device)
         else:
             group.barrier()  # the sender has joined, so its file exists
+            if not Path(shared_file).is_file():  # from_file would make a new, empty one: the sync would load zeros
+                raise FileNotFoundError(f"weight sync: {shared_file} is gone; its name must stay until every "
+                                        "engine has opened its channel")
             self.buffer = torch.from_file(shared_file, shared=True, size=size, dtype=torch.uint8)
         self.ready = torch.zeros(1, device=group.device)  # the shared_memory "bucket written" signal
 

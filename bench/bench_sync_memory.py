@@ -1,6 +1,6 @@
 """Peak extra memory and seconds on the sending rank, against model size, for:
 - weight sync: the bucketed path (rollout.weight_sync=shared_memory or collective) and the old whole-model
-  gather (full_state_dict, what object_store still does) on top of which Ray's object store adds a copy;
+  gather (ActorWorker.weights, what object_store still does) on top of which Ray's object store adds a copy;
 - checkpoint: sharded (each rank writes its own shard) and the old full gather of model and optimiser state
   to rank 0 (get_state_dict with full_state_dict=True, cpu_offload=True).
 

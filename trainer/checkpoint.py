@@ -225,6 +225,14 @@ def load_checkpoint(
     return out
 
 
+def actor_shards(path: Path, state: dict[str, Any]) -> Path:
+    """The folder of the actor's shards in checkpoint `path` (`state`: what load_checkpoint returned)."""
+    if "actor" not in state["folders"]:
+        raise ValueError(f"{path} holds the actor as one file (the format before sharded checkpoints): use it with "
+                         "the version that wrote it")
+    return Path(path) / "actor"
+
+
 def read_shards(folder: Path) -> dict[str, Any]:
     """A torch.distributed.checkpoint folder (an actor's shards) as one plain state dict in this process:
     {"model": {name: tensor}, "optimizer": {...}}, for inspection and export."""

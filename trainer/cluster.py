@@ -166,11 +166,9 @@ class WorkerCluster:
             return "object_store"  # no Ray: the engine gets the actor's tensors in this process
         if res.actor.num_gpus > 0 or res.rollout.num_gpus > 0:
             return "collective"
-        from trainer.rollout.weight_sync import shared_memory_room
+        from trainer.rollout.weight_sync import buffer_bytes, plan_buckets, shared_memory_room
 
         hosts = {self.actor.call_one(0, "host"), *self.rollout.call("host")}
-        from trainer.rollout.weight_sync import buffer_bytes, plan_buckets
-
         room = shared_memory_room(buffer_bytes(plan_buckets(self._layout(), self.bucket_bytes)))
         return "shared_memory" if len(hosts) == 1 and room else "collective"
 

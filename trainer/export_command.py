@@ -17,28 +17,25 @@ USAGE = """usage: python -m trainer export CHECKPOINT [OUT]
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     """Write `checkpoint`'s actor weights into `out` as a Hugging Face folder; errors name what is missing."""
-    from trainer.checkpoint import load_checkpoint, read_shards
+    from trainer.checkpoint import actor_shards, load_checkpoint, read_shards
     from trainer.modeling import load_causal_lm, load_tokenizer
     from trainer.vision import is_vision_model, load_processor
 
-    state = load_checkpoint(checkpoint, [])
-    if "actor" not in state["folders"]:
-        raise ValueError(f"{checkpoint} holds the actor as one file (the format before sharded checkpoints)")
-    try:
-        small = load_checkpoint(checkpoint, ["actor", "policy"])
-    except KeyError:
+    state = load_checkpoint(checkpoint)
+    shards = actor_shards(checkpoint, state)
+    if "policy" not in state:
         raise ValueError(f"{checkpoint} does not name the folder its run started from (written before export "
-                         "existed): load its weights with trainer.checkpoint.read_shards") from None
-    if small["actor"].get("strategy") == "deepspeed":
-        raise ValueError(f"{checkpoint}/actor is in DeepSpeed's format: convert it with DeepSpeed's zero_to_fp32.py")
-    policy = small["policy"]
+                         "existed): load its weights with trainer.checkpoint.read_shards")
+    if state["actor"].get("strategy") == "deepspeed":
+        raise ValueError(f"{shards} is in DeepSpeed's format: convert it with DeepSpeed's zero_to_fp32.py")
+    policy = state["policy"]
     if not Path(policy["model"]).is_dir():
         raise FileNotFoundError(f"the run started from {policy['model']}, which is not a folder here any more")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the command's one line says what happened
     model = load_causal_lm(policy["model"])
-    model.load_state_dict(read_shards(checkpoint / "actor")["model"])
+    model.load_state_dict(read_shards(shards)["model"])
     model.save_pretrained(out)
     vision = is_vision_model(policy["model"])
     (load_processor(policy["tokenizer"]) if vision else load_tokenizer(policy["tokenizer"])).save_pretrained(out)

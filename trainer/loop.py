@@ -24,7 +24,8 @@ from data.sampler import SAMPLERS, TaskHomogeneousSampler
 from trainer.algorithms import get_advantage
 from trainer.algorithms.bpo import mode_metrics
 from trainer.batch import TrainBatch
-from trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, resume_checkpoint, save_checkpoint
+from trainer.checkpoint import (actor_shards, capture_rng_state, load_checkpoint, restore_rng_state, resume_checkpoint,
+                                save_checkpoint)
 from trainer.cluster import WorkerCluster
 from trainer.collect import RolloutCollector
 from trainer.config import Config, validate
@@ -212,10 +213,7 @@ class Trainer:
 
     def restore(self, path: Path) -> tuple[int, dict]:
         state = load_checkpoint(path)
-        if "actor" not in state["folders"]:
-            raise ValueError(f"{path} holds the actor as one file, the format before sharded checkpoints: resume it "
-                             "with the version that wrote it")
-        self.workers.actor.call("load_checkpoint", str(path / "actor"), state["actor"])
+        self.workers.actor.call("load_checkpoint", str(actor_shards(path, state)), state["actor"])
         self.sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
         if self.weighter is not None and state.get("weighter"):

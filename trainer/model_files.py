@@ -46,7 +46,7 @@ def save_model_folder(model: torch.nn.Module, named_tensors: Iterable[tuple[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     skip = tied_duplicates(model)
-    files: list[dict[str, torch.Tensor]] = [{}]
+    current: dict[str, torch.Tensor] = {}  # the file being filled
     size = 0
     paths: list[Path] = []
 
@@ -60,15 +60,15 @@ def save_model_folder(model: torch.nn.Module, named_tensors: Iterable[tuple[str,
         if name in skip:
             continue
         nbytes = tensor.numel() * tensor.element_size()
-        if files[-1] and size + nbytes > file_bytes:
-            write(files.pop())
-            files.append({})
-            size = 0
-        files[-1][checkpoint_name(name)] = tensor.detach().to("cpu", copy=True)
-        weight_map[checkpoint_name(name)] = len(paths)
+        if current and size + nbytes > file_bytes:
+            write(current)
+            current, size = {}, 0
+        key = checkpoint_name(name)
+        current[key] = tensor.detach().to("cpu", copy=True)
+        weight_map[key] = len(paths)
         size += nbytes
         total += nbytes
-    write(files.pop())
+    write(current)
     # The names save_pretrained uses: one file is model.safetensors, several are model-0000i-of-0000n.
     count = len(paths)
     names = (["model.safetensors"] if count == 1

@@ -25,9 +25,6 @@ class TrainingStrategy(Protocol):
         """Clip, step, zero grads, advance the schedule; returns the pre-clip grad norm. A non-finite norm
         skips the step (weights and optimiser state untouched) where the strategy can."""
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights, the whole model at once (tests, and the object_store weight sync)."""
-
     def full_weights(self):
         """(name, unsharded tensor) pairs, gathered one at a time where the strategy can."""
 
@@ -98,10 +95,6 @@ class TorchStrategy:
         copied: read each before taking the next. With FSDP2 a collective every rank must run through."""
         for key, value in self.model.state_dict().items():
             yield key, (value.full_tensor() if hasattr(value, "full_tensor") else value).detach()
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights, copied; with sharded parameters (FSDP2) a collective every rank must call."""
-        return {key: value.to("cpu", copy=True) for key, value in self.full_weights()}
 
     def save_shards(self, folder: str) -> dict:
         """Model and optimiser state with torch.distributed.checkpoint: one file per rank holding its shard

@@ -89,10 +89,6 @@ class DeepSpeedStrategy:
             else:
                 yield name, value.detach()
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU weights, copied, on every rank (a collective under ZeRO-3)."""
-        return {name: value.to("cpu", copy=True) for name, value in self.full_weights()}
-
     def save_shards(self, folder: str) -> dict:
         """DeepSpeed's own format: each rank writes its optimiser partition, rank 0 the module. Collective."""
         self.engine.save_checkpoint(folder, tag=TAG, save_latest=False)

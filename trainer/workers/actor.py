@@ -261,8 +261,9 @@ class ActorWorker:
         return out
 
     def weights(self) -> dict[str, torch.Tensor] | None:
-        """Full CPU weights on rank 0 (None on the others); every rank must be called."""
-        state = self.strategy.full_state_dict()
+        """The whole model as CPU copies on rank 0 (None on the others); every rank must be called, and each
+        copies (the object_store weight sync, and tests)."""
+        state = {name: tensor.to("cpu", copy=True) for name, tensor in self.strategy.full_weights()}
         return state if self.rank == 0 else None
 
     def weight_layout(self) -> list:

@@ -64,11 +64,12 @@ def random_batch(rows: int, length: int, vocab: int, seed: int):
 def loss_pass(model, batch, chunk: int) -> None:
     """One micro-batch of ActorWorker.update: log-probs with entropy, ppo_clip on-policy, backward."""
     from trainer.algorithms import aggregate, get_policy_loss
+    from trainer.algorithms.policy_loss import PolicyInputs
     from trainer.modeling import response_logprobs
 
     logp, entropy = response_logprobs(model, batch, 1.0, with_entropy=True, chunk_size=chunk, share_prompts=False)
     mask = batch.response_mask
-    token_loss, _ = get_policy_loss("ppo_clip")(logp, logp.detach(), batch.advantages, mask, eps_low=0.2, eps_high=0.2)
+    token_loss, _ = get_policy_loss("ppo_clip")(logp, PolicyInputs(logp.detach(), batch.advantages, mask))
     loss = aggregate(token_loss, mask, "token_mean", num_tokens=mask.sum(), num_seqs=len(batch), max_len=mask.shape[1])
     loss.backward()
     float((entropy.detach() * mask).sum())  # the actor reads it after backward, so its graph lives until then

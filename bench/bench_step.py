@@ -127,7 +127,7 @@ def run_plain(cfg, steps: int, warmup: int) -> None:
         texts = tokenizer.batch_decode(responses.masked_fill(response_mask == 0, trainer.pad_id), skip_special_tokens=True)
         scored = trainer.scorer.composer.score(texts, [s for s in samples for _ in range(n)])
         rewards = torch.tensor(scored.scores, dtype=torch.float32)
-        advantages = get_advantage("grpo")(rewards, torch.arange(len(samples)).repeat_interleave(n))
+        advantages = get_advantage("grpo")(rewards, torch.arange(len(samples)).repeat_interleave(n), response_mask)
         model.train()
         full_mask = torch.cat([mask.repeat_interleave(n, 0), response_mask.long()], 1)
         logits = model(input_ids=out, attention_mask=full_mask).logits[:, width - 1 : -1].float()

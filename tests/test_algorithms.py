@@ -18,6 +18,7 @@ from trainer.algorithms import (
     logprobs_from_logits,
     masked_mean,
 )
+from trainer.algorithms.policy_loss import PolicyInputs
 
 
 def close(a, b, tol=1e-5):
@@ -35,8 +36,10 @@ def shipped(registry) -> list[str]:
 
 def test_registered_names_are_all_covered_here():
     # If this fails, a new function was registered: add a hand-computed test for it.
-    assert shipped(ADVANTAGES) == ["grpo", "reinforce_baseline", "rloo"]
-    assert shipped(POLICY_LOSSES) == ["ppo_clip", "vanilla_pg"]
+    # (the newer losses and estimators: tests/test_policy_losses.py)
+    assert shipped(ADVANTAGES) == ["grpo", "grpo_passk", "reinforce_baseline", "reinforce_plus_plus",
+                                   "reinforce_plus_plus_baseline", "rloo"]
+    assert shipped(POLICY_LOSSES) == ["cispo", "dppo_kl", "dppo_tv", "gmpo", "gspo", "ppo_clip", "sapo", "vanilla_pg"]
     assert shipped(KL_ESTIMATORS) == ["k1", "k2", "k3"]
     assert shipped(AGGREGATIONS) == [
         "seq_mean_token_mean",
@@ -80,10 +83,10 @@ G = torch.tensor([2, 0, 2, 0, 7, 0])
 
 def test_grpo_single_group():
     # [1,0,0,1]: mean 0.5, unbiased var = 4*0.25/3 = 1/3, std 0.57735 -> +-0.5/0.57735 = +-0.866025
-    adv = get_advantage("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), eps=0.0)
+    adv = get_advantage("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), None, eps=0.0)
     close(adv, [0.866025, -0.866025, -0.866025, 0.866025])
     # default eps=1e-6 barely moves it
-    adv = get_advantage("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long))
+    adv = get_advantage("grpo")(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), None)
     close(adv, [0.866025, -0.866025, -0.866025, 0.866025], tol=1e-5)
 
 
@@ -93,22 +96,22 @@ def test_grpo_mixed_unsorted_groups():
     #   adv -1.091089, 0.218218, 0.872872
     # group 2 [1,0]: mean 0.5, var 0.5/1, std 0.707107 -> +0.707107, -0.707107
     # group 7 size 1 -> 0
-    adv = get_advantage("grpo")(R, G, eps=0.0)
+    adv = get_advantage("grpo")(R, G, None, eps=0.0)
     close(adv, [0.707107, -1.091089, -0.707107, 0.218218, 0.0, 0.872872])
 
 
 def test_grpo_without_std_is_mean_centring():
     # group 0: 2-11/3, 4-11/3, 5-11/3 = -1.666667, 0.333333, 1.333333; group 2: +-0.5; group 7: 0
-    adv = get_advantage("grpo")(R, G, norm_by_std=False)
+    adv = get_advantage("grpo")(R, G, None, norm_by_std=False)
     close(adv, [0.5, -1.666667, -0.5, 0.333333, 0.0, 1.333333])
 
 
 def test_grpo_constant_group_and_all_singletons():
     # [1,1] has std 0: numerator 0 -> 0 (eps keeps it finite); singletons -> 0
-    adv = get_advantage("grpo")(torch.tensor([1.0, 1.0, 7.0]), torch.tensor([5, 5, 9]))
+    adv = get_advantage("grpo")(torch.tensor([1.0, 1.0, 7.0]), torch.tensor([5, 5, 9]), None)
     close(adv, [0.0, 0.0, 0.0])
     assert torch.isfinite(adv).all()
-    adv = get_advantage("grpo")(torch.tensor([3.0, -1.0]), torch.tensor([0, 1]))
+    adv = get_advantage("grpo")(torch.tensor([3.0, -1.0]), torch.tensor([0, 1]), None)
     close(adv, [0.0, 0.0])
 
 
@@ -117,7 +120,7 @@ def test_grpo_equal_rewards_that_float_cannot_hold_exactly_get_zero():
     # off, and dividing one by the other used to give every member an advantage of about +0.1.
     rewards = torch.tensor([1.2] * 8 + [0.2] * 6 + [1.2, 0.2])
     groups = torch.tensor([0] * 8 + [1] * 6 + [2, 2])
-    adv = get_advantage("grpo")(rewards, groups)
+    adv = get_advantage("grpo")(rewards, groups, None)
     assert torch.equal(adv[:14], torch.zeros(14))
     # [1.2, 0.2]: mean 0.7, unbiased std sqrt(0.5), so +-0.5 / (sqrt(0.5) + eps).
     close(adv[14:], [0.5 / (0.5 ** 0.5 + 1e-6), -0.5 / (0.5 ** 0.5 + 1e-6)])
@@ -126,25 +129,25 @@ def test_grpo_equal_rewards_that_float_cannot_hold_exactly_get_zero():
 def test_rloo_mixed_groups():
     # group 0 [2,4,5]: 2-(4+5)/2 = -2.5; 4-(2+5)/2 = 0.5; 5-(2+4)/2 = 2.0
     # group 2 [1,0]: 1-0 = 1; 0-1 = -1; group 7 (size 1): 0
-    adv = get_advantage("rloo")(R, G)
+    adv = get_advantage("rloo")(R, G, None)
     close(adv, [1.0, -2.5, -1.0, 0.5, 0.0, 2.0])
 
 
 def test_reinforce_baseline():
     # batch mean 15/6 = 2.5 -> [-1.5, -0.5, -2.5, 1.5, 0.5, 2.5] (groups ignored)
-    adv = get_advantage("reinforce_baseline")(R, G)
+    adv = get_advantage("reinforce_baseline")(R, G, None)
     close(adv, [-1.5, -0.5, -2.5, 1.5, 0.5, 2.5])
     # whiten: sq sum 2.25+0.25+6.25+2.25+0.25+6.25 = 17.5; var 17.5/5 = 3.5; std 1.870829
     # -> -0.801784, -0.267261, -1.336306, 0.801784, 0.267261, 1.336306
-    adv = get_advantage("reinforce_baseline")(R, G, whiten=True, eps=0.0)
+    adv = get_advantage("reinforce_baseline")(R, G, None, whiten=True, eps=0.0)
     close(adv, [-0.801784, -0.267261, -1.336306, 0.801784, 0.267261, 1.336306])
 
 
 def test_advantage_keeps_dtype_and_rejects_bad_shapes():
-    adv = get_advantage("grpo")(R.double(), G)
+    adv = get_advantage("grpo")(R.double(), G, None)
     assert adv.dtype == torch.float64
     with pytest.raises(ValueError):
-        get_advantage("rloo")(R, G[:3])
+        get_advantage("rloo")(R, G[:3], None)
 
 
 # ---------------------------------------------------------------- policy losses
@@ -167,7 +170,7 @@ def test_ppo_clip_higher():
     #            r=1.1 -> -1.1 ; r=0.7 -> max(-0.7, -0.8) = -0.7 (unclipped: pessimistic side)
     # row1 A=-1: r=0.7 -> max(0.7, 0.8) = 0.8 (clipped); r=1.3 -> max(1.3, 1.28) = 1.3
     #            r=0.9 masked -> 0
-    loss, m = get_policy_loss("ppo_clip")(_logp(), OLD, ADV, MASK, eps_low=0.2, eps_high=0.28)
+    loss, m = get_policy_loss("ppo_clip")(_logp(), PolicyInputs(OLD, ADV, MASK), eps_low=0.2, eps_high=0.28)
     close(loss, [[-1.28, -1.1, -0.7], [0.8, 1.3, 0.0]])
     close(m["clip_frac"], 2 / 5)  # 2 clipped of 5 valid tokens
     close(m["ratio_mean"], (1.3 + 1.1 + 0.7 + 0.7 + 1.3) / 5)  # 1.02
@@ -179,7 +182,7 @@ def test_ppo_clip_higher():
 
 def test_ppo_clip_symmetric():
     # eps_high 0.2 -> r=1.3 with A=+1 clips at 1.2 -> -1.2; r=1.3 with A=-1 stays 1.3
-    loss, m = get_policy_loss("ppo_clip")(_logp(), OLD, ADV, MASK)
+    loss, m = get_policy_loss("ppo_clip")(_logp(), PolicyInputs(OLD, ADV, MASK))
     close(loss, [[-1.2, -1.1, -0.7], [0.8, 1.3, 0.0]])
     close(m["clip_frac"], 0.4)
 
@@ -187,7 +190,7 @@ def test_ppo_clip_symmetric():
 def test_ppo_clip_bool_mask_and_masked_nan_does_not_leak():
     lp = _logp()
     lp[1, 2] = float("nan")
-    loss, m = get_policy_loss("ppo_clip")(lp, OLD, ADV, MASK.bool())
+    loss, m = get_policy_loss("ppo_clip")(lp, PolicyInputs(OLD, ADV, MASK.bool()))
     assert loss[1, 2] == 0.0 and torch.isfinite(m["ratio_mean"]) and torch.isfinite(m["clip_frac"])
 
 
@@ -201,7 +204,7 @@ def test_ppo_dual_clip():
     logp = ratios.log().requires_grad_(True)
     adv = torch.tensor([-1.0, 1.0])
     mask = torch.ones(2, 2)
-    loss, m = get_policy_loss("ppo_clip")(logp, old, adv, mask, dual_clip=3.0)
+    loss, m = get_policy_loss("ppo_clip")(logp, PolicyInputs(old, adv, mask), dual_clip=3.0)
     close(loss, [[3.0, 2.0], [-1.2, -1.0]])
     close(m["dual_clip_frac"], 1 / 4)
     # clip_frac: only row1 r=5 is clipped by the ordinary clip -> 1/4
@@ -210,7 +213,7 @@ def test_ppo_dual_clip():
     loss.sum().backward()
     close(logp.grad, [[0.0, 2.0], [0.0, -1.0]])
     with pytest.raises(ValueError):
-        get_policy_loss("ppo_clip")(logp, old, adv, mask, dual_clip=1.0)
+        get_policy_loss("ppo_clip")(logp, PolicyInputs(old, adv, mask), dual_clip=1.0)
 
 
 def test_ppo_clip_gradient_under_token_mean():
@@ -218,7 +221,7 @@ def test_ppo_clip_gradient_under_token_mean():
     # row0 (A=1): r=1.3 clipped -> 0; r=1.1 -> -0.22; r=0.7 -> -0.14
     # row1 (A=-1): r=0.7 clipped -> 0; r=1.3 -> 0.26; masked -> 0
     logp = _logp(requires_grad=True)
-    loss_tok, _ = get_policy_loss("ppo_clip")(logp, OLD, ADV, MASK, eps_low=0.2, eps_high=0.28)
+    loss_tok, _ = get_policy_loss("ppo_clip")(logp, PolicyInputs(OLD, ADV, MASK), eps_low=0.2, eps_high=0.28)
     aggregate(loss_tok, MASK, "token_mean").backward()
     close(logp.grad, [[0.0, -0.22, -0.14], [0.0, 0.26, 0.0]])
 
@@ -227,7 +230,7 @@ def test_vanilla_pg():
     # loss = -A * logp: row0 A=2, logp [-1,-2] -> [2, 4]; row1 A=-1, logp [-0.5, -3] -> [-0.5, masked 0]
     logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    loss, m = get_policy_loss("vanilla_pg")(logp, logp.detach(), torch.tensor([2.0, -1.0]), mask)
+    loss, m = get_policy_loss("vanilla_pg")(logp, PolicyInputs(logp.detach(), torch.tensor([2.0, -1.0]), mask))
     close(loss, [[2.0, 4.0], [-0.5, 0.0]])
     close(m["clip_frac"], 0.0)
     close(m["ratio_mean"], 1.0)  # on-policy: old == new

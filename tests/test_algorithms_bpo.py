@@ -18,16 +18,16 @@ def test_merged_group_advantage_hand_example():
     # (the step's layout: one group per prompt, whatever the mode; tests/test_loop_features.py checks it)
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
     merged = torch.zeros(4, dtype=torch.long)
-    adv = get_advantage("grpo")(rewards, merged, eps=0.0)
+    adv = get_advantage("grpo")(rewards, merged, None, eps=0.0)
     close(adv, [0.5, -1.5, 0.5, 0.5])
     # per-mode groups instead: [1, 0] -> +-0.5/0.707107 = +-0.707107; [1, 1] -> 0, 0
     # (default eps: with eps=0 a constant group is 0/0)
-    separate = get_advantage("grpo")(rewards, torch.tensor([0, 0, 1, 1]))
+    separate = get_advantage("grpo")(rewards, torch.tensor([0, 0, 1, 1]), None)
     close(separate, [0.707107, -0.707107, 0.0, 0.0])
     assert not torch.allclose(adv, separate)
     # the always-right non-thinking mode gets credit only when merged (0.5 vs 0)
     # mean-centring only: [1, 0, 1, 1] - 0.75
-    close(get_advantage("grpo")(rewards, merged, norm_by_std=False), [0.25, -0.75, 0.25, 0.25])
+    close(get_advantage("grpo")(rewards, merged, None, norm_by_std=False), [0.25, -0.75, 0.25, 0.25])
 
 
 def test_mode_metrics():

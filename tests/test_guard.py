@@ -17,15 +17,15 @@ from trainer.strategies.base import TorchStrategy
 CALLS = {"loss": 0}
 
 
-def nan_loss(logp, old_logp, advantages, mask, *, nan_from: int = 0, nan_count: int = 1):
+def nan_loss(logp, inputs, *, nan_from: int = 0, nan_count: int = 1):
     """ppo_clip, made NaN on calls nan_from .. nan_from + nan_count - 1 (0-based, counted in this process)."""
     call = CALLS["loss"]
     CALLS["loss"] += 1
-    loss, metrics = ppo_clip(logp, old_logp, advantages, mask)
+    loss, metrics = ppo_clip(logp, inputs)
     return (loss * float("nan") if nan_from <= call < nan_from + nan_count else loss), metrics
 
 
-def nan_advantage(rewards, group_index):
+def nan_advantage(rewards, group_index, response_mask):
     out = rewards - rewards.mean()
     out[0] = float("inf")
     return out

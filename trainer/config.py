@@ -181,6 +181,25 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Correction for the rollout engine's log-probs differing from the trainer's (see
+    trainer/algorithms/rollout_correction.py and docs/algorithms.md)."""
+
+    mode: str = "off"
+    """off; decoupled: the loss's ratio is over the trainer's old log-probs and the weights / rejection below use
+    old vs rollout; bypass: no old log-prob pass, the loss's ratio is over the rollout engine's log-probs and
+    the weights / rejection use the current policy vs rollout."""
+    weights: Optional[str] = "token"
+    "Truncated importance weights: token, sequence or null (none)."
+    weight_cap: float = 2.0
+    "Upper truncation of the importance weights."
+    reject: Optional[str] = None
+    "Rejection outside [reject_low, reject_high]: token, sequence (geometric-mean ratio) or null (none)."
+    reject_low: float = 0.5
+    reject_high: float = 2.0
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: str = "grpo"
     "Advantage estimator by name (see trainer/algorithms/advantages.py)."
@@ -191,10 +210,11 @@ class AlgorithmConfig:
     policy_loss_params: Any = field(default_factory=dict)
     """The loss's own keyword arguments, e.g. {dual_clip: 3.0} for ppo_clip; checked against its signature.
     The clip range is not among them: it is eps_low / eps_high below, given to the losses that take it."""
-    eps_low: float = 0.2
-    "PPO clip below 1: ratio >= 1 - eps_low."
-    eps_high: float = 0.2
-    "PPO clip above 1: ratio <= 1 + eps_high (clip-higher when > eps_low)."
+    eps_low: Optional[float] = None
+    """PPO clip below 1: ratio >= 1 - eps_low; for the losses that take a range (gspo, cispo, gmpo, dppo_*: their
+    own units, see their docstrings). None: the loss's own default (0.2 for ppo_clip)."""
+    eps_high: Optional[float] = None
+    "PPO clip above 1: ratio <= 1 + eps_high (clip-higher when > eps_low). None: the loss's own default."
     loss_agg: str = "token_mean"
     "token_mean, seq_mean_token_mean, seq_mean_token_sum or seq_mean_token_sum_norm."
     loss_max_len: Optional[int] = None
@@ -209,6 +229,12 @@ class AlgorithmConfig:
     "DAPO: drop zero-variance groups and sample more prompts until the batch is full."
     dynamic_sampling_max_rounds: int = 4
     "Rollout rounds per step at most before training on what was kept."
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    mismatch_budget: Optional[float] = None
+    """Upper bound on the running rollout/trainer log-prob mismatch (logp_mismatch, mean |difference| per token, over
+    the last 5 steps); past it, mismatch_action. null: no bound."""
+    mismatch_action: str = "correct"
+    "correct: turn rollout_correction on (decoupled) from then on; stop: stop the run with the likely causes."
     old_logprobs: str = "auto"
     """auto: when the update makes one optimiser step on the batch (actor.epochs 1, one mini-batch), the weights
     that generated it are the weights being updated, so the ratio's denominator is the update's own forward,
@@ -488,7 +514,9 @@ RANGES = {
     "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
     "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
     "algorithm.eps_low": "[0, inf)", "algorithm.eps_high": "[0, inf)", "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
-    "algorithm.dynamic_sampling_max_rounds": "[1, inf)",
+    "algorithm.dynamic_sampling_max_rounds": "[1, inf)", "algorithm.mismatch_budget": "(0, inf)",
+    "algorithm.rollout_correction.weight_cap": "(0, inf)", "algorithm.rollout_correction.reject_low": "(0, 1]",
+    "algorithm.rollout_correction.reject_high": "[1, inf)",
     "actor.lr": "[0, inf)", "actor.weight_decay": "[0, inf)", "actor.warmup_steps": "[0, inf)",
     "actor.grad_clip": "[0, inf)", "actor.epochs": "[1, inf)", "actor.threads": "[1, inf)",
     "actor.logits_chunk_size": "[1, inf)", "actor.max_tokens_per_micro_batch": "[1, inf)",
@@ -660,6 +688,18 @@ def _validate_fields(cfg: Config) -> None:
             f"resources.actor.count={cfg.resources.actor.count}: the torch strategy trains on one worker; "
             "data parallel needs actor.strategy=fsdp2 or deepspeed"
         )
+    correction = cfg.algorithm.rollout_correction
+    if correction.mode not in ("off", "decoupled", "bypass"):
+        raise ValueError(f"algorithm.rollout_correction.mode={correction.mode!r}: expected off, decoupled or bypass")
+    for key in ("weights", "reject"):
+        if getattr(correction, key) not in (None, "token", "sequence"):
+            raise ValueError(f"algorithm.rollout_correction.{key}={getattr(correction, key)!r}: expected token, "
+                             "sequence or null")
+    if correction.mode == "bypass" and cfg.algorithm.old_logprobs == "recompute":
+        raise ValueError("algorithm.rollout_correction.mode=bypass uses the rollout engine's log-probs as the old ones: "
+                         "it cannot be combined with algorithm.old_logprobs=recompute")
+    if cfg.algorithm.mismatch_action not in ("correct", "stop"):
+        raise ValueError(f"algorithm.mismatch_action={cfg.algorithm.mismatch_action!r}: expected correct or stop")
     if cfg.algorithm.old_logprobs not in ("auto", "recompute"):
         raise ValueError(f"algorithm.old_logprobs={cfg.algorithm.old_logprobs!r}: expected auto or recompute")
     if cfg.rollout.weight_sync not in ("auto", "shared_memory", "collective", "object_store"):

@@ -32,6 +32,7 @@ from trainer.config import Config, validate
 from trainer.prompt_sets import load_prompt_sets
 from trainer.recipe_config import config_yaml
 from trainer.evaluate import band_check, evaluate, per_task_lines
+from trainer.mismatch import MismatchBudget, likely_causes
 from trainer.rollouts import Rollouts, term_means
 from trainer.scoring import Scorer, failure_lines
 from trainer.setup import check_image_engine, fit_to_context, prepare_policy
@@ -66,6 +67,7 @@ class Trainer:
         self.sampler = sampler(self.train_samples, data.prompts_per_step,
                                **{k: v for k, v in options.items() if k in sampler.params})
         self.scorer = Scorer(cfg.reward)
+        self.mismatch = MismatchBudget(cfg.algorithm.mismatch_budget, cfg.algorithm.mismatch_action, likely_causes(cfg))
         self.weighter = None
         if cfg.reward.weighting.rule:
             from trainer.algorithms.weighting import TaskWeighter
@@ -114,8 +116,8 @@ class Trainer:
 
         rewards = torch.tensor([r.score for r in rollouts.items], dtype=torch.float32)
         group_index = torch.tensor([r.group for r in rollouts.items])
-        advantages = get_advantage(cfg.algorithm.advantage)(
-            rewards, group_index, **dict(cfg.algorithm.advantage_params)
+        advantages = get_advantage(cfg.algorithm.advantage)(  # [B] per completion or [B, T] per token
+            rewards, group_index, rollouts.response_mask(), **dict(cfg.algorithm.advantage_params)
         )
         metrics.update(rollout_metrics(rollouts, rewards, bool(cfg.rollout.modes)))
         every = cfg.tracking.samples_every
@@ -151,7 +153,7 @@ class Trainer:
                 media=None if media is None else [media[r.group] for r in kept],
             )
             width = batch.response_mask.shape[1]
-            batch.advantages = advantages[keep]
+            batch.advantages = advantages[keep] if advantages.dim() == 1 else advantages[keep, :width]
             batch.rollout_logprobs = TrainBatch.per_token([r.completion.logprobs for r in kept], width)
             temperature = cfg.rollout.temperature
 
@@ -159,7 +161,8 @@ class Trainer:
             # Old log-probs (none when on-policy: the update's own forward, detached) and the reference's run
             # side by side on their own workers; time/reference is what the reference adds after the actor.
             clock = time.time()
-            on_policy = one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto"
+            on_policy = ((one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto")
+                         or cfg.algorithm.rollout_correction.mode == "bypass")
             old = None if on_policy else workers.actor.call_async("log_probs", batch, temperature)
             ref = None if workers.reference is None else workers.reference.call_async("log_probs", batch, temperature)
             if old is not None:
@@ -173,10 +176,14 @@ class Trainer:
                 timings["reference"] = time.time() - clock - timings.get("old_logprobs", 0.0)
 
             clock = time.time()
-            update_metrics = workers.actor.call("update", batch, temperature)[0]
+            correct = cfg.algorithm.rollout_correction.mode != "off" or self.mismatch.correcting
+            update_metrics = workers.actor.call("update", batch, temperature, correct)[0]
             timings["update"] = time.time() - clock
             if "logp_mismatch" in update_metrics:  # measured by the update when it made the old log-probs
                 metrics["logp_mismatch"] = update_metrics.pop("logp_mismatch")
+            said = self.mismatch.observe(metrics.get("logp_mismatch", float("nan")))  # raises past it with stop
+            if said:
+                self.tracker.print(f"[mismatch] step {step + 1}: {said}")
             skipped = update_metrics.pop("skipped")
             if skipped:
                 metrics["guard/skipped_update"] = 1.0
@@ -206,6 +213,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "summary": summary,
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
+            "mismatch": self.mismatch.state_dict(),
         }
         # The actor's ranks write their own shards into the checkpoint's actor/ folder.
         save_checkpoint(self.run_dir / "checkpoints", step, state, keep_last=self.cfg.trainer.keep_last,
@@ -218,6 +226,8 @@ class Trainer:
         restore_rng_state(state["rng"])
         if self.weighter is not None and state.get("weighter"):
             self.weighter.load_state_dict(state["weighter"])
+        if state.get("mismatch"):
+            self.mismatch.load_state_dict(state["mismatch"])
         self.workers.sync_weights()
         return int(state["step"]), state["summary"]
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from data.schema import Sample
 from rewards.compose import RewardBatch
+from trainer.batch import TrainBatch
 from trainer.rollout.sampling import Completion
 
 
@@ -75,6 +77,12 @@ class Rollouts:
                 "correct": item.correct, "mode": item.mode,
             })
         return rows
+
+    def response_mask(self) -> torch.Tensor:
+        """[B, T] float: 1 on each completion's trained tokens (its loss mask), right-padded to the longest."""
+        completions = [r.completion for r in self.items]
+        width = max([1] + [len(c.token_ids) for c in completions])
+        return TrainBatch.per_token([c.loss_mask or [1] * len(c.token_ids) for c in completions], width)
 
     def varied_groups(self) -> list[int]:
         """Groups whose scores are not all equal (the only ones with a GRPO gradient), in order."""

@@ -133,7 +133,8 @@ class TaskWeighter:
             weights = [by_task.get(t, 1.0) for t in tasks]
         metrics = {"weighting/mean": float(np.mean(weights))}
         metrics.update({f"weighting/task/{t}": w for t, w in self.task_weights().items()})
-        return advantages * advantages.new_tensor(weights), metrics
+        scale = advantages.new_tensor(weights)
+        return advantages * (scale if advantages.dim() == 1 else scale.unsqueeze(-1)), metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,8 @@ import torch
 from data.curriculum import staged_pool
 from trainer.algorithms import aggregate, get_kl, get_policy_loss
 from trainer.algorithms.dpo import dpo_nll_loss
-from trainer.algorithms.policy_loss import CLIP_PARAMS
+from trainer.algorithms.policy_loss import CLIP_PARAMS, PolicyInputs
+from trainer.algorithms.rollout_correction import correct_mismatch
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig, AlgorithmConfig
 from trainer.strategies.base import adamw
@@ -106,20 +107,25 @@ class ActorWorker:
             out[rows, : logp.shape[1]] = logp.cpu()
         return out
 
-    def update(self, batch: TrainBatch, temperature: float) -> dict[str, float]:
+    def update(self, batch: TrainBatch, temperature: float, correct: bool = False) -> dict[str, float]:
         """PPO-style update over mini-batches; returns token-weighted metric means. Without
-        `batch.old_logprobs` the update must make one optimiser step: its forward gives them (detached),
-        and `logp_mismatch` (mean |rollout - actor| log-prob per token) is measured on the way."""
+        `batch.old_logprobs` the update must make one optimiser step (or run in bypass mode): its forward gives
+        them (detached), and `logp_mismatch` (mean |rollout - actor| log-prob per token) is measured on the way.
+        `correct`: apply algorithm.rollout_correction (the controller turns it on past the mismatch budget)."""
         algo, cfg = self.algo, self.cfg
+        correction = algo.rollout_correction
+        bypass = correction.mode == "bypass"
         policy_loss = get_policy_loss(algo.policy_loss)
         # The clip range goes to the losses that take it; the rest are the loss's own hyperparameters.
         loss_params = {key: getattr(algo, key) for key in CLIP_PARAMS
-                       if key in policy_loss.params or policy_loss.accepts_any_param}
+                       if (key in policy_loss.params or policy_loss.accepts_any_param) and getattr(algo, key) is not None}
         loss_params.update(algo.policy_loss_params or {})
         kl_fn = get_kl(algo.kl_estimator) if algo.kl_coef > 0 else None
         mini = min(cfg.mini_batch_size, len(batch))
-        if batch.old_logprobs is None and (cfg.epochs > 1 or mini < len(batch)):
+        if batch.old_logprobs is None and not bypass and (cfg.epochs > 1 or mini < len(batch)):
             raise ValueError("an update of several optimiser steps needs the batch's old log-probs")
+        if (bypass or correct) and batch.rollout_logprobs is None:
+            raise ValueError("rollout correction needs the rollout engine's log-probs in the batch")
         generator = torch.Generator().manual_seed(self.seed + self.updates)
         sums: dict[str, float] = defaultdict(float)
         tokens_seen, grad_norms, skipped = 0.0, [], []
@@ -148,18 +154,28 @@ class ActorWorker:
                     logp, entropy = response_logprobs(self.forward_model, micro, temperature, with_entropy=True,
                                                       chunk_size=self.logits_chunk_size, min_chunks=min_chunks,
                                                       share_prompts=self.share_prompts(micro))
-                    old_logp = micro.old_logprobs
-                    if old_logp is None:  # one optimiser step: the weights that generated the batch (ratio 1)
-                        old_logp = logp.detach()
-                        if micro.rollout_logprobs is not None:
-                            gap = (micro.rollout_logprobs - old_logp).abs() * mask
-                            sums["logp_mismatch"] += float(gap.sum()) * weight
-                    token_loss, loss_metrics = policy_loss(logp, old_logp, micro.advantages, mask, **loss_params)
-                    loss = aggregate(token_loss, mask, algo.loss_agg, **totals)
+                    # The proximal policy: the old log-probs, or (one optimiser step, or bypass mode) this forward's.
+                    proximal = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
+                    if micro.old_logprobs is None and micro.rollout_logprobs is not None:
+                        gap = (micro.rollout_logprobs - proximal).abs() * mask
+                        sums["logp_mismatch"] += float(gap.sum()) * weight
+                    is_weights, loss_mask = None, mask
+                    if correct or bypass:
+                        # Bypass: the loss's ratio is over the rollout's log-probs, already the correction.
+                        is_weights, loss_mask, correction_sums = correct_mismatch(
+                            proximal - micro.rollout_logprobs, mask, correction, apply_weights=not bypass)
+                        for key, value in correction_sums.items():
+                            sums[key] += value * weight
+                    inputs = PolicyInputs(micro.rollout_logprobs if bypass else proximal, micro.advantages, loss_mask,
+                                          micro.rollout_logprobs, micro.ref_logprobs)
+                    token_loss, loss_metrics = policy_loss(logp, inputs, **loss_params)
+                    if is_weights is not None:
+                        token_loss = token_loss * is_weights
+                    loss = aggregate(token_loss, loss_mask, algo.loss_agg, **totals)
                     n_tok = float(mask.sum()) * weight
                     if kl_fn is not None:
                         kl = kl_fn(logp, micro.ref_logprobs)
-                        loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, **totals)
+                        loss = loss + algo.kl_coef * aggregate(kl, loss_mask, algo.loss_agg, **totals)
                         sums["kl"] += float((kl.detach() * mask).sum()) * weight
                     loss = loss * weight
                     if not torch.isfinite(loss):

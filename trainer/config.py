@@ -242,6 +242,21 @@ class AlgorithmConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters for the actor (peft; trainer/lora.py): only they train, the rollout engines receive merged
+    weights and checkpoints hold the adapters and their optimiser state."""
+
+    rank: int = 0
+    "Adapter rank; 0: no LoRA (full fine-tuning)."
+    alpha: float = 32.0
+    "Scale alpha / rank on the adapters' product."
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    "Module names (suffixes) that get adapters: every linear layer of a Llama/Qwen-style decoder by default."
+    dropout: float = 0.0
+
+
+@dataclass
 class ActorConfig:
     strategy: str = "torch"
     "torch (plain PyTorch, one worker); data parallel over resources.actor.count workers: fsdp2 or deepspeed."
@@ -286,9 +301,10 @@ class ActorConfig:
     threads: int = 2
     "torch threads in the actor worker (CPU)."
     freeze: list[str] = field(default_factory=list)
+    "Parameter-name prefixes to keep frozen (e.g. the vision tower and projector for Ovis2.5's RL)."
     freeze_vision: bool = False
     "Vision-language models: keep the vision tower and its projector fixed (Ovis2.5's RL stage)."
-    "Parameter-name prefixes to keep frozen (e.g. the vision tower and projector for Ovis2.5's RL)."
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -519,7 +535,8 @@ RANGES = {
     "algorithm.rollout_correction.reject_high": "[1, inf)",
     "actor.lr": "[0, inf)", "actor.weight_decay": "[0, inf)", "actor.warmup_steps": "[0, inf)",
     "actor.grad_clip": "[0, inf)", "actor.epochs": "[1, inf)", "actor.threads": "[1, inf)",
-    "actor.logits_chunk_size": "[1, inf)", "actor.max_tokens_per_micro_batch": "[1, inf)",
+    "actor.logits_chunk_size": "[1, inf)", "actor.lora.rank": "[0, inf)", "actor.lora.alpha": "(0, inf)",
+    "actor.lora.dropout": "[0, 1)", "actor.max_tokens_per_micro_batch": "[1, inf)",
     "sft.steps": "[0, inf)", "sft.batch_size": "[1, inf)", "sft.lr": "[0, inf)", "sft.weight_decay": "[0, inf)",
     "dpo.num_queries": "[1, inf)", "dpo.samples_per_query": "[2, inf)", "dpo.min_margin": "[0, inf)",
     "dpo.beta": "(0, inf)", "dpo.nll_coef": "[0, inf)", "dpo.steps": "[0, inf)", "dpo.batch_size": "[1, inf)",
@@ -700,6 +717,9 @@ def _validate_fields(cfg: Config) -> None:
                          "it cannot be combined with algorithm.old_logprobs=recompute")
     if cfg.algorithm.mismatch_action not in ("correct", "stop"):
         raise ValueError(f"algorithm.mismatch_action={cfg.algorithm.mismatch_action!r}: expected correct or stop")
+    if cfg.actor.lora.rank and cfg.actor.strategy != "torch":
+        raise ValueError(f"actor.lora needs actor.strategy=torch (one worker), not {cfg.actor.strategy}: the sharded "
+                         "strategies do not wrap adapters yet")
     if cfg.algorithm.old_logprobs not in ("auto", "recompute"):
         raise ValueError(f"algorithm.old_logprobs={cfg.algorithm.old_logprobs!r}: expected auto or recompute")
     if cfg.rollout.weight_sync not in ("auto", "shared_memory", "collective", "object_store"):

@@ -35,8 +35,21 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
 
     hf_logging.disable_progress_bar()  # the command's one line says what happened
     model = load_causal_lm(policy["model"])
-    model.load_state_dict(read_shards(shards)["model"])
-    model.save_pretrained(out)
+    lora = state["actor"].get("lora")
+    if lora:  # the shards hold the adapters only: onto the base model, then merged
+        from types import SimpleNamespace
+
+        from trainer.lora import add_lora, merged_weights
+        from trainer.model_files import save_model_folder
+
+        add_lora(model, SimpleNamespace(**lora))
+        missing, unexpected = model.load_state_dict(read_shards(shards)["model"], strict=False)
+        if unexpected or any(".lora_" in key for key in missing):
+            raise ValueError(f"{shards} does not hold the adapters of actor.lora={lora}")
+        save_model_folder(model, merged_weights(model), str(out), file_bytes=1 << 30)
+    else:
+        model.load_state_dict(read_shards(shards)["model"])
+        model.save_pretrained(out)
     vision = is_vision_model(policy["model"])
     (load_processor(policy["tokenizer"]) if vision else load_tokenizer(policy["tokenizer"])).save_pretrained(out)
     return out

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 
 class TrainingStrategy(Protocol):
@@ -31,6 +32,16 @@ class TrainingStrategy(Protocol):
     def save_shards(self, folder: str) -> dict:
         """Each rank writes its own part of the model and optimiser state into `folder` (collective); returns
         the small state the controller keeps (the learning-rate schedule)."""
+
+    def _checkpointed_state(self) -> tuple[dict, dict]:
+        """The model and optimiser state a checkpoint holds: everything, or the trainable part only."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.state_options)
+        if self.state_options.ignore_frozen_params:  # a head tied to frozen embeddings still shows up: drop it
+            trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+            model_state = {k: v for k, v in model_state.items() if k in trainable}
+        return model_state, optim_state
 
     def load_shards(self, folder: str, small: dict) -> None: ...
 
@@ -66,8 +77,10 @@ class TorchStrategy:
     "A checkpoint loads onto any number of ranks (torch.distributed.checkpoint reshards)."
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
-                 fused: bool = True):
+                 fused: bool = True, checkpoint_frozen: bool = True):
         self.model = model
+        # False (LoRA): checkpoints leave out the frozen parameters; the base model on disk has them.
+        self.state_options = StateDictOptions(ignore_frozen_params=not checkpoint_frozen, strict=checkpoint_frozen)
         self.optimizer = adamw(model, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused)
         self.scheduler = warmup_schedule(self.optimizer, warmup_steps)
 
@@ -100,23 +113,33 @@ class TorchStrategy:
         """Model and optimiser state with torch.distributed.checkpoint: one file per rank holding its shard
         (one process: the whole state), which any number of ranks can load back. Collective."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = self._checkpointed_state()
         with single_process_ok():
             dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=folder,
                      no_dist=not dist.is_initialized())
         return {"scheduler": self.scheduler.state_dict()}
 
+    def _checkpointed_state(self) -> tuple[dict, dict]:
+        """The model and optimiser state a checkpoint holds: everything, or the trainable part only."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.state_options)
+        if self.state_options.ignore_frozen_params:  # a head tied to frozen embeddings still shows up: drop it
+            trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+            model_state = {k: v for k, v in model_state.items() if k in trainable}
+        return model_state, optim_state
+
     def load_shards(self, folder: str, small: dict) -> None:
         """Each rank reads the parts of its own shard, whatever number of ranks wrote them. Collective."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
         # The state dict of the right shapes and shards, filled in place by dcp.load.
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = self._checkpointed_state()
         state = {"model": model_state, "optimizer": optim_state}
         with single_process_ok():
             dcp.load(state, checkpoint_id=folder, no_dist=not dist.is_initialized())
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=self.state_options)
         self.scheduler.load_state_dict(small["scheduler"])

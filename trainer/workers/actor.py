@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -40,8 +42,15 @@ class ActorWorker:
         self.cfg, self.algo, self.seed, self.max_len = actor, algorithm, seed, max_len
         self.rank, self.world_size = rank, world_size
         self.model = load_causal_lm(model_path, dtype)
+        self.lora = actor.lora.rank > 0
+        if self.lora:
+            from trainer.lora import add_lora
+
+            add_lora(self.model, actor.lora)  # in place: the rest of the model is frozen
         if actor.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+            if self.lora:  # checkpointed blocks need an input that requires grad when the embeddings are frozen
+                self.model.enable_input_require_grads()
         self.model.train()
         prefixes = list(actor.freeze or [])
         if actor.freeze_vision:
@@ -58,7 +67,7 @@ class ActorWorker:
             actor.strategy, self.model, lr=actor.lr, weight_decay=actor.weight_decay, betas=actor.betas,
             warmup_steps=actor.warmup_steps, reshard_after_forward=actor.reshard_after_forward,
             mixed_precision=actor.mixed_precision, cpu_offload=actor.cpu_offload,
-            zero_stage=actor.zero_stage, grad_clip=actor.grad_clip,
+            zero_stage=actor.zero_stage, grad_clip=actor.grad_clip, checkpoint_frozen=not self.lora,
         )
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -276,17 +285,26 @@ class ActorWorker:
         out.update(loss=float(loss.detach()), grad_norm=grad_norm)
         return out
 
+    def full_weights(self):
+        """(name, tensor) pairs of the whole model under the base model's names, one at a time (with LoRA: the
+        adapters merged in, as the rollout engines and saved models take them)."""
+        if self.lora:
+            from trainer.lora import merged_weights
+
+            return merged_weights(self.model)
+        return self.strategy.full_weights()
+
     def weights(self) -> dict[str, torch.Tensor] | None:
         """The whole model as CPU copies on rank 0 (None on the others); every rank must be called, and each
         copies (the object_store weight sync, and tests)."""
-        state = {name: tensor.to("cpu", copy=True) for name, tensor in self.strategy.full_weights()}
+        state = {name: tensor.to("cpu", copy=True) for name, tensor in self.full_weights()}
         return state if self.rank == 0 else None
 
     def weight_layout(self) -> list:
         """Names, shapes and dtypes of the weights a sync sends (collective for sharded strategies)."""
         from trainer.rollout.weight_sync import describe
 
-        return describe(self.strategy.full_weights())
+        return describe(self.full_weights())
 
     def host(self) -> str:
         import socket
@@ -315,17 +333,21 @@ class ActorWorker:
     def save_pretrained(self, out_dir: str, file_bytes: int = 1 << 30) -> None:
         """A Hugging Face folder of the current weights; sharded strategies write it from rank 0 as the weights
         are gathered, in safetensors files of at most `file_bytes`."""
-        if self.world_size == 1 and self.cfg.strategy == "torch":
+        if self.world_size == 1 and self.cfg.strategy == "torch" and not self.lora:
             self.model.save_pretrained(out_dir)
             return
         from trainer.model_files import save_model_folder
 
         self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes))
+        if self.lora:  # the adapters too, for peft
+            from trainer.lora import save_adapter
+
+            save_adapter(self.model, Path(out_dir) / "lora_adapter")
 
     def _gather_to_rank0(self, consume) -> None:
         """Every rank gathers the full weights one tensor at a time (sharded strategies need all ranks for
         each); rank 0 hands them to `consume`."""
-        tensors = self.strategy.full_weights()
+        tensors = self.full_weights()
         try:
             if self.rank == 0:
                 consume(tensors)
@@ -337,7 +359,9 @@ class ActorWorker:
         """Every rank writes its part of the model and optimiser state into `folder` (collective); returns the
         small state the controller keeps."""
         small = self.strategy.save_shards(folder)
-        return {**small, "updates": self.updates, "world_size": self.world_size, "strategy": self.cfg.strategy}
+        lora = asdict(self.cfg.lora) if self.lora else None  # the shards then hold the adapters only
+        return {**small, "updates": self.updates, "world_size": self.world_size, "strategy": self.cfg.strategy,
+                "lora": lora}
 
     def load_checkpoint(self, folder: str, small: dict) -> None:
         if (small["strategy"] == "deepspeed") != (self.cfg.strategy == "deepspeed"):
@@ -346,5 +370,8 @@ class ActorWorker:
         if not self.strategy.reshardable and small["world_size"] != self.world_size:
             raise ValueError(f"{folder} was written by {small['world_size']} {small['strategy']} ranks; this run has "
                              f"{self.world_size}: resume a {self.cfg.strategy} run with the same resources.actor.count")
+        if (small.get("lora") or None) != (asdict(self.cfg.lora) if self.lora else None):
+            raise ValueError(f"{folder} holds actor.lora={small.get('lora')}; this run has "
+                             f"{asdict(self.cfg.lora) if self.lora else None}: resume with the same actor.lora")
         self.strategy.load_shards(folder, small)
         self.updates = small["updates"]

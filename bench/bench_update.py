@@ -5,6 +5,7 @@
     python bench/bench_update.py --qwen05b-random                 # Qwen2.5-0.5B's shape, random init
     python bench/bench_update.py --qwen05b-random --device cuda --dtype bfloat16 --batch 16 --response-len 2048
     python bench/bench_update.py --model PATH --batch 16 --group 4 --share both   # prompt-once forward off vs on
+    python bench/bench_update.py --model PATH --chunks 1024 --lora 0,16           # full fine-tuning vs LoRA rank 16
 
 Each setting runs in a process of its own through `ActorWorker.update` (forward, backward, AdamW step:
 what the trainer runs): a small warm-up update first (allocates gradients and Adam state), then one
@@ -113,13 +114,14 @@ def run_one(args) -> dict:
     import torch
 
     from trainer.batch import TrainBatch
-    from trainer.config import ActorConfig, AlgorithmConfig
+    from trainer.config import ActorConfig, AlgorithmConfig, LoraConfig
     from trainer.workers.actor import ActorWorker
 
     micro = args.micro_batch or args.batch
     actor_cfg = ActorConfig(lr=1e-5, mini_batch_size=args.batch, micro_batch_size=micro, threads=args.threads,
                             logits_chunk_size=args.chunk, max_tokens_per_micro_batch=args.max_tokens,
-                            gradient_checkpointing=args.gradient_checkpointing, share_prompt_forward=args.share == "on")  # off: never
+                            gradient_checkpointing=args.gradient_checkpointing, share_prompt_forward=args.share == "on",  # off: never
+                            lora=LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank))
     actor = ActorWorker(args.model_path, actor=actor_cfg, algorithm=AlgorithmConfig(),
                         dtype=args.dtype, seed=0, max_len=args.prompt_len + args.response_len)
     vocab = actor.model.config.get_text_config().vocab_size
@@ -153,7 +155,7 @@ def run_one(args) -> dict:
     update_s = time.perf_counter() - start
     tokens = int((batch.prompt_lens + batch.response_lens).sum())
     flops = update_flops(actor.model, batch, args)
-    return {"chunk": args.chunk, "share": args.share, "tflops": flops / update_s / 1e12, "update_s": update_s, "tokens_per_s": tokens / update_s, "logprob_s": logprob_s,
+    return {"chunk": args.chunk, "share": args.share, "lora": args.lora_rank, "tflops": flops / update_s / 1e12, "update_s": update_s, "tokens_per_s": tokens / update_s, "logprob_s": logprob_s,
             "peak_delta_gib": (peak(args.device) - before) / 2**30, "peak_gib": peak(args.device) / 2**30,
             "loss": metrics["policy_loss"], "grad_norm": metrics["grad_norm"], "tokens": tokens}
 
@@ -174,12 +176,15 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--group", type=int, default=1, help="rows per prompt (GRPO's n)")
     parser.add_argument("--share", choices=["off", "on", "both"], default="off", help="actor.share_prompt_forward")
+    parser.add_argument("--lora", default="0", help="actor.lora.rank values to compare (0 = full fine-tuning; "
+                        "alpha = 2 x rank, every linear layer of the decoder)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)  # set in the per-setting child process
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    parser.add_argument("--lora-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.chunk is not None:  # child: one setting
@@ -207,7 +212,7 @@ def main() -> None:
         import torch
 
         peak_tflops = 989.0 if any(gpu in torch.cuda.get_device_name() for gpu in ("H100", "H200")) else None
-    print(f"{'logits_chunk_size':>18} {'share':>5} {'update s':>9} {'tokens/s':>9} {'peak +GiB':>10} {'peak GiB':>9} "
+    print(f"{'logits_chunk_size':>18} {'share':>5} {'lora':>4} {'update s':>9} {'tokens/s':>9} {'peak +GiB':>10} {'peak GiB':>9} "
           f"{'log-probs s':>12} {'grad norm':>10} {'TFLOP/s':>8} {'MFU':>6}")
     forwarded = ["--batch", str(args.batch), "--prompt-len", str(args.prompt_len), "--response-len",
                  str(args.response_len), "--micro-batch", str(args.micro_batch), "--device", args.device,
@@ -218,17 +223,20 @@ def main() -> None:
     if args.gradient_checkpointing:
         forwarded.append("--gradient-checkpointing")
     shares = ["off", "on"] if args.share == "both" else [args.share]
-    for chunk, share in [(int(c), share) for c in args.chunks.split(",") for share in shares]:
+    settings = [(int(c), share, int(rank)) for c in args.chunks.split(",") for share in shares
+                for rank in args.lora.split(",")]
+    for chunk, share, rank in settings:
         done = subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded, "--chunk", str(chunk),
-                               "--share", share], env=env, capture_output=True, text=True, cwd=ROOT)
+                               "--share", share, "--lora-rank", str(rank)], env=env, capture_output=True, text=True,
+                              cwd=ROOT)
         if done.returncode != 0:
-            print(f"{chunk:>18} {share:>5} failed (exit {done.returncode}):")
+            print(f"{chunk:>18} {share:>5} {rank:>4} failed (exit {done.returncode}):")
             print("\n".join(done.stderr.strip().splitlines()[-12:]))
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         label = "0 (plain)" if chunk == 0 else str(chunk)
         mfu = f"{100 * r['tflops'] / peak_tflops:5.1f}%" if peak_tflops else "-"
-        print(f"{label:>18} {share:>5} {r['update_s']:9.2f} {r['tokens_per_s']:9.0f} {r['peak_delta_gib']:10.2f} "
+        print(f"{label:>18} {share:>5} {rank:>4} {r['update_s']:9.2f} {r['tokens_per_s']:9.0f} {r['peak_delta_gib']:10.2f} "
               f"{r['peak_gib']:9.2f} {r['logprob_s']:12.2f} {r['grad_norm']:10.5f} {r['tflops']:8.2f} {mfu:>6}",
               flush=True)
 

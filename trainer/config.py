@@ -150,6 +150,11 @@ class RolloutConfig:
     "Generation limit for greedy evaluation."
     kv_cache_gib: int = 1
     "vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    async_steps: int = 0
+    """1: one-step-off-policy rollout: the next step's rollouts are generated while the actor trains on this step's
+    (engine.ray, rollout and actor on separate workers), so each batch is one update stale; the actor recomputes
+    the old log-probs and rollout correction (algorithm.rollout_correction, decoupled unless bypass) weighs the
+    stale part. 0: generate, then train."""
     weight_sync: str = "auto"
     """How new weights reach the engines: shared_memory (actor rank 0 writes /dev/shm buffers the engines load
     from, one host), collective (a gloo/NCCL broadcast from actor rank 0), object_store (through Ray's object
@@ -526,7 +531,7 @@ RANGES = {
     "rollout.n": "[1, inf)", "rollout.temperature": "[0, inf)", "rollout.top_p": "(0, 1]",
     "rollout.max_new_tokens": "[1, inf)", "rollout.eval_max_new_tokens": "[1, inf)", "rollout.kv_cache_gib": "[1, inf)",
     "rollout.gpu_memory_utilization": "(0, 1]", "rollout.max_num_seqs": "[1, inf)",
-    "rollout.tensor_parallel_size": "[1, inf)", "rollout.sync_bucket_mb": "(0, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)", "rollout.async_steps": "[0, 1]", "rollout.sync_bucket_mb": "(0, inf)",
     "rollout.threads": "[1, inf)", "rollout.multiturn.turns": "[1, inf)",
     "rollout.multiturn.simulator_max_tokens": "[1, inf)", "rollout.multiturn.simulator_timeout_s": "(0, inf)",
     "algorithm.eps_low": "[0, inf)", "algorithm.eps_high": "[0, inf)", "algorithm.kl_coef": "[0, inf)", "algorithm.loss_max_len": "[1, inf)",
@@ -717,6 +722,9 @@ def _validate_fields(cfg: Config) -> None:
                          "it cannot be combined with algorithm.old_logprobs=recompute")
     if cfg.algorithm.mismatch_action not in ("correct", "stop"):
         raise ValueError(f"algorithm.mismatch_action={cfg.algorithm.mismatch_action!r}: expected correct or stop")
+    if cfg.rollout.async_steps and (not cfg.engine.ray or cfg.resources.placement == "colocate"):
+        raise ValueError("rollout.async_steps=1 generates while the actor trains: it needs engine.ray=true and the "
+                         "rollout engines on workers of their own (resources.placement split or none, not colocate)")
     if cfg.actor.lora.rank and cfg.actor.strategy != "torch":
         raise ValueError(f"actor.lora needs actor.strategy=torch (one worker), not {cfg.actor.strategy}: the sharded "
                          "strategies do not wrap adapters yet")

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -89,6 +90,11 @@ class Trainer:
         self.workers = WorkerCluster(cfg, self.tokenizer_path, max_images)
         self.collector = RolloutCollector(cfg, self.prompts, self.workers, self.scorer, self.sampler)
         self.sample_rows: list[dict] = []  # completions to record for the current step
+        # rollout.async_steps=1: the next step's rollouts are collected on this thread while the actor trains.
+        self.ahead = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead") if cfg.rollout.async_steps else None
+        self.pending = None  # (future, version) of the collection under way
+        self.next_rollouts = None  # (rollouts, metrics, version) collected during the last step
+        self.weight_version = 0  # weight syncs so far: a batch's staleness is the syncs since its generation
 
     def start_workers(self, policy_path: str) -> None:
         """Actor, rollout engines (sized for the longest prompt plus its response) and, with a KL term or
@@ -103,13 +109,22 @@ class Trainer:
 
     # ----- one RL step --------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
-        cfg, workers, timings = self.cfg, self.workers, {}
+        cfg, workers, timings, started = self.cfg, self.workers, {}, time.time()
         self.sample_rows = []
-        rollouts, metrics = self.collector.collect(step)
+        rollouts, metrics, version = self.next_rollouts or (*self.collector.collect(step), self.weight_version)
+        self.next_rollouts = None
+        staleness = self.weight_version - version  # updates since the weights that generated the batch
+        if staleness > cfg.rollout.async_steps:
+            raise RuntimeError(f"step {step + 1}: rollouts {staleness} updates stale, over rollout.async_steps="
+                               f"{cfg.rollout.async_steps}")
+        if self.ahead is not None:
+            metrics["async/staleness"] = float(staleness)
         timings.update(rollouts.seconds)
         for line in failure_lines(rollouts, cfg.reward.max_failure_frac):  # stops the run past the limit
             self.tracker.print(f"[reward] step {step + 1}: {line}")
         if not rollouts.items:
+            self.collect_ahead(step)
+            self.wait_ahead(timings)
             metrics["batch/kept_completions"] = 0.0
             metrics.update({f"time/{k}": v for k, v in timings.items()})
             return metrics
@@ -134,6 +149,7 @@ class Trainer:
                 known = self.weighter.task_weights()
                 self.sampler.set_task_weights({t: known.get(t, 1.0) or 1e-3 for t in self.sampler.task_weights})
 
+        self.collect_ahead(step)  # after the task weights above: they decide the next batch's prompts
         keep = list(range(len(rollouts.items)))
         if cfg.algorithm.filter_zero_variance:
             varied = set(rollouts.varied_groups())
@@ -161,8 +177,8 @@ class Trainer:
             # Old log-probs (none when on-policy: the update's own forward, detached) and the reference's run
             # side by side on their own workers; time/reference is what the reference adds after the actor.
             clock = time.time()
-            on_policy = ((one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto")
-                         or cfg.algorithm.rollout_correction.mode == "bypass")
+            on_policy = ((one_optimizer_step(cfg, len(batch)) and cfg.algorithm.old_logprobs == "auto"
+                          and staleness == 0) or cfg.algorithm.rollout_correction.mode == "bypass")
             old = None if on_policy else workers.actor.call_async("log_probs", batch, temperature)
             ref = None if workers.reference is None else workers.reference.call_async("log_probs", batch, temperature)
             if old is not None:
@@ -176,7 +192,7 @@ class Trainer:
                 timings["reference"] = time.time() - clock - timings.get("old_logprobs", 0.0)
 
             clock = time.time()
-            correct = cfg.algorithm.rollout_correction.mode != "off" or self.mismatch.correcting
+            correct = cfg.algorithm.rollout_correction.mode != "off" or self.mismatch.correcting or staleness > 0
             update_metrics = workers.actor.call("update", batch, temperature, correct)[0]
             timings["update"] = time.time() - clock
             if "logp_mismatch" in update_metrics:  # measured by the update when it made the old log-probs
@@ -192,14 +208,33 @@ class Trainer:
             metrics.update({f"actor/{k}": v for k, v in update_metrics.items()})
             metrics["throughput/update_tokens_per_s"] = float(batch.attention_mask.sum()) / timings["update"]
 
+            self.wait_ahead(timings)  # the engines finish the next batch before taking the new weights
             clock = time.time()
             workers.sync_weights()
+            self.weight_version += 1
             timings["sync"] = time.time() - clock
+        self.wait_ahead(timings)
         metrics["workers/restarts"] = float(workers.restarts)  # in the run so far
         metrics["throughput/rollout_tokens_per_s"] = metrics["response_len/sum"] / max(timings["generate"], 1e-9)
         metrics.update({f"time/{k}": v for k, v in timings.items()})
-        metrics["time/step"] = sum(timings.values())
+        # With async rollout, generation overlapped the previous step: the step's time is its wall time.
+        metrics["time/step"] = time.time() - started if self.ahead is not None else sum(timings.values())
         return metrics
+
+    def collect_ahead(self, step: int) -> None:
+        """rollout.async_steps=1: start collecting the next step's rollouts with the engines' current weights."""
+        if self.ahead is not None and step + 1 < self.cfg.trainer.total_steps:
+            self.pending = (self.ahead.submit(self.collector.collect, step + 1), self.weight_version)
+
+    def wait_ahead(self, timings: dict[str, float]) -> None:
+        """The collection `collect_ahead` started, finished: kept for the next step (and its checkpoint)."""
+        if self.pending is None:
+            return
+        clock = time.time()
+        future, version = self.pending
+        self.pending = None
+        self.next_rollouts = (*future.result(), version)
+        timings["wait_rollouts"] = time.time() - clock
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.collector, self.eval_samples)
@@ -214,6 +249,9 @@ class Trainer:
             "summary": summary,
             "weighter": self.weighter.state_dict() if self.weighter is not None else None,
             "mismatch": self.mismatch.state_dict(),
+            # async rollout: the next step's rollouts, generated with weights no longer in this checkpoint
+            "rollouts_ahead": self.next_rollouts,
+            "weight_version": self.weight_version,
         }
         # The actor's ranks write their own shards into the checkpoint's actor/ folder.
         save_checkpoint(self.run_dir / "checkpoints", step, state, keep_last=self.cfg.trainer.keep_last,
@@ -228,6 +266,7 @@ class Trainer:
             self.weighter.load_state_dict(state["weighter"])
         if state.get("mismatch"):
             self.mismatch.load_state_dict(state["mismatch"])
+        self.next_rollouts, self.weight_version = state.get("rollouts_ahead"), state.get("weight_version", 0)
         self.workers.sync_weights()
         return int(state["step"]), state["summary"]
 
@@ -302,6 +341,8 @@ class Trainer:
         return self.workers.save_model(out_dir, owner)
 
     def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.shutdown(wait=True, cancel_futures=True)
         self.collector.close()
         self.scorer.close()
         self.tracker.finish()

@@ -127,6 +127,26 @@ def test_torch_strategy_in_bfloat16_keeps_everything_whole_in_bfloat16():
                                                                           4 * TINY_PARAMS)
 
 
+def test_lora_keeps_gradients_and_adam_for_the_adapters_only():
+    # Rank 8 on every linear layer of TINY (head_dim 16: q/o 64 wide, k/v 32):
+    # q 8*(64+64), k and v 8*(64+32) each, o 8*(64+64), gate and up 8*(64+128) each, down 8*(128+64), per layer.
+    adapters = 2 * 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
+    cfg = config("actor.lora.rank=8")
+    found = parts(plan_memory(cfg, model_shape(TINY)), "actor")
+    assert (found["weights"], found["gradients"], found["optimiser"]) == (4 * (TINY_PARAMS + adapters),
+                                                                          4 * adapters, 8 * adapters)
+    # peft counts the same adapters on the same architecture.
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer.lora import add_lora
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY))
+    add_lora(model, SimpleNamespace(rank=8, alpha=16, dropout=0.0, target_modules=list(cfg.actor.lora.target_modules)))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == adapters
+
+
 @pytest.mark.parametrize("stage, weights, gradients", [(1, 4, 4), (2, 4, 1), (3, 1, 1)])
 def test_deepspeed_zero_stages_shard_optimiser_then_gradients_then_weights(stage, weights, gradients):
     cfg = config("actor.strategy=deepspeed", f"actor.zero_stage={stage}", "resources.actor.count=4",

@@ -359,6 +359,15 @@ def _actor(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
                     _sharing(res, cfg.resources.placement))
 
 
+def lora_params(shape: ModelShape, rank: int, targets: list[str]) -> int:
+    """Parameters of the LoRA adapters actor.lora adds: rank x (inputs + outputs) per adapted linear layer."""
+    attention, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    sizes = {"q_proj": (shape.hidden, attention), "k_proj": (shape.hidden, kv), "v_proj": (shape.hidden, kv),
+             "o_proj": (attention, shape.hidden), "gate_proj": (shape.hidden, shape.intermediate),
+             "up_proj": (shape.hidden, shape.intermediate), "down_proj": (shape.intermediate, shape.hidden)}
+    return shape.layers * sum(rank * sum(sizes[t]) for t in targets if t in sizes)
+
+
 def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> list[Part]:
     """Weights, gradients and optimiser state of one rank. torch and fsdp2 keep all three in the parameters'
     dtype (model.dtype: AdamW's moments take it too, no float32 master copy); DeepSpeed's ZeRO optimiser keeps
@@ -372,6 +381,11 @@ def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> l
     # What a sharded strategy gathers to compute: the root unit (embedding, head) and a layer plus the next
     # one prefetched, and one layer's unsharded gradients before they are reduce-scattered.
     gathered = (shape.embedding_params + shape.head_params + 2 * one_layer) * b + one_layer * b
+    if actor.strategy == "torch" and actor.lora.rank:
+        adapters = lora_params(shape, actor.lora.rank, list(actor.lora.target_modules))
+        return [Part("weights", f"weights + LoRA rank {actor.lora.rank} adapters", (p + adapters) * wb),
+                Part("gradients", "gradients: adapters only", adapters * wb),
+                Part("optimiser", f"optimiser: AdamW m, v of the adapters in {cfg.model.dtype}", 2 * adapters * wb)]
     if actor.strategy == "torch":
         return [Part("weights", "weights", p * wb), Part("gradients", "gradients", trainable * wb),
                 Part("optimiser", f"optimiser: AdamW m, v in {cfg.model.dtype}", 2 * trainable * wb)]

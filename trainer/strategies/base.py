@@ -33,16 +33,6 @@ class TrainingStrategy(Protocol):
         """Each rank writes its own part of the model and optimiser state into `folder` (collective); returns
         the small state the controller keeps (the learning-rate schedule)."""
 
-    def _checkpointed_state(self) -> tuple[dict, dict]:
-        """The model and optimiser state a checkpoint holds: everything, or the trainable part only."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.state_options)
-        if self.state_options.ignore_frozen_params:  # a head tied to frozen embeddings still shows up: drop it
-            trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
-            model_state = {k: v for k, v in model_state.items() if k in trainable}
-        return model_state, optim_state
-
     def load_shards(self, folder: str, small: dict) -> None: ...
 
 

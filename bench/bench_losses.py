@@ -36,6 +36,9 @@ VARIANTS = {
                              "algorithm.rollout_correction.reject=sequence"],
     "correction_bypass": ["algorithm.rollout_correction.mode=bypass"],
     "mismatch_budget": ["algorithm.mismatch_budget=1e-9"],
+    "async": ["rollout.async_steps=1"],
+    # LoRA trains the SFT stage's adapters too; the 0.74M random-init model needs a high rank to learn the format.
+    "lora": ["actor.lora.rank=32", "actor.lora.alpha=64", "actor.lr=2e-3"],
 }
 
 

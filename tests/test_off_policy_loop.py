@@ -2,9 +2,9 @@
 in-process)."""
 
 import pytest
-import torch
 
 from tests.test_loop_features import make_trainer
+from trainer.mismatch import MismatchBudgetError
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_the_budget_stops_the_run_naming_the_causes(tmp_path):
     trainer = make_trainer(tmp_path, "algorithm.mismatch_budget=1e-12", "algorithm.mismatch_action=stop",
                            "model.dtype=float32")
     try:
-        with pytest.raises(RuntimeError) as error:
+        with pytest.raises(MismatchBudgetError) as error:
             trainer.step(0)
     finally:
         trainer.close()

@@ -9,7 +9,7 @@ import torch
 from trainer.algorithms.rollout_correction import correct_mismatch, correction_weights, rejection_mask
 from trainer.batch import TrainBatch
 from trainer.config import RolloutCorrectionConfig, validate
-from trainer.mismatch import MismatchBudget
+from trainer.mismatch import MismatchBudget, MismatchBudgetError
 from trainer.recipe_config import compose_config
 from trainer.workers.actor import ActorWorker
 
@@ -149,7 +149,7 @@ def test_budget_window_and_stop_message():
         budget.observe(value)  # 2 is within the budget, then it leaves the 5-step window
     assert budget.recent == [0.0] * 5 and not budget.correcting
     stop = MismatchBudget(0.1, "stop", causes="model.dtype=bfloat16 (...)")
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(MismatchBudgetError) as error:
         stop.observe(0.3)
     assert str(error.value) == ("the rollout/trainer log-prob mismatch averaged 0.3 per token over the last 1 steps, "
                                 "above algorithm.mismatch_budget=0.1 (algorithm.mismatch_action=stop). "

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.config import validate
     from trainer.console import quiet, say
     from trainer.loop import train
+    from trainer.mismatch import MismatchBudgetError
     from trainer.scoring import RewardFailureError
     from trainer.stages.runner import run_stages
     from trainer.workers.group import WorkerDiedError
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             if log is not None:
                 say(f"[{cfg.recipe_name}] third-party output: {log} (tracking.verbose=true shows it here)")
             run_stages(cfg) if cfg.stages else train(cfg)
-    except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError, RewardFailureError) as error:
+    except (ModelNotFoundError, FileExistsError, ValueError, FloatingPointError, RewardFailureError,
+            MismatchBudgetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except WorkerDiedError as error:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 WINDOW = 5  # steps: one noisy step should not trip the budget
 
 
+class MismatchBudgetError(RuntimeError):
+    """The running mismatch exceeded algorithm.mismatch_budget with mismatch_action=stop."""
+
+
 def likely_causes(cfg) -> str:
     """The usual reasons the two sides disagree, with what this run's config says about each."""
     rollout = cfg.rollout
@@ -43,7 +47,7 @@ class MismatchBudget:
         said = (f"the rollout/trainer log-prob mismatch averaged {running:.4g} per token over the last "
                 f"{len(self.recent)} steps, above algorithm.mismatch_budget={self.budget:g}")
         if self.action == "stop":
-            raise RuntimeError(f"{said} (algorithm.mismatch_action=stop). Likely causes: {self.causes}")
+            raise MismatchBudgetError(f"{said} (algorithm.mismatch_action=stop). Likely causes: {self.causes}")
         self.correcting = True
         return f"{said}: rollout correction is on from here (algorithm.rollout_correction, decoupled)"
 

@@ -8,7 +8,8 @@
 Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULTS.md's TRL comparison):
   tiny     the quickstart's embedded Qwen2, 16 prompts x 8 completions x <= 48 new tokens
   smollm2  SmolLM2-135M-Instruct (model.path=smollm2), 4 prompts x 4 x <= 32 new tokens
-Extra key=value arguments are config overrides (e.g. rollout.engine=hf engine.ray=false).
+Extra key=value arguments are config overrides (e.g. rollout.engine=hf engine.ray=false, or
+rollout.async_steps=1: generation then overlaps the previous step, and wait_rollouts is what it adds).
 
 Prints the start-up split (workers, the evaluation before RL), then per phase the median seconds over
 the timed steps with their range, the step's wall time as the controller sees it, tokens/s, the
@@ -81,7 +82,7 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
           f"evaluation ({len(trainer.eval_samples)} prompts) {evaluated - started:6.1f}   "
           f"total {evaluated - START:6.1f}")
     print("phase                 median s  (min-max)")
-    for key in ("generate", "reward", "old_logprobs", "reference", "update", "sync"):
+    for key in ("generate", "reward", "old_logprobs", "reference", "update", "wait_rollouts", "sync"):
         values = [r[f"time/{key}"] for r in rows if f"time/{key}" in r]
         if values:
             print(f"  {key:<18} {spread(values)}")

@@ -120,7 +120,8 @@ class ActorWorker:
         """PPO-style update over mini-batches; returns token-weighted metric means. Without
         `batch.old_logprobs` the update must make one optimiser step (or run in bypass mode): its forward gives
         them (detached), and `logp_mismatch` (mean |rollout - actor| log-prob per token) is measured on the way.
-        `correct`: apply algorithm.rollout_correction (the controller turns it on past the mismatch budget)."""
+        `correct`: apply algorithm.rollout_correction (the controller sets it in decoupled mode, past the mismatch
+        budget and for the stale batches of async rollout; bypass mode corrects through the ratio regardless)."""
         algo, cfg = self.algo, self.cfg
         correction = algo.rollout_correction
         bypass = correction.mode == "bypass"

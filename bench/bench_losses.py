@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -37,8 +38,10 @@ VARIANTS = {
     "correction_bypass": ["algorithm.rollout_correction.mode=bypass"],
     "mismatch_budget": ["algorithm.mismatch_budget=1e-9"],
     "async": ["rollout.async_steps=1"],
-    # LoRA trains the SFT stage's adapters too; the 0.74M random-init model needs a high rank to learn the format.
-    "lora": ["actor.lora.rank=32", "actor.lora.alpha=64", "actor.lr=2e-3"],
+    # RL with LoRA from the ppo_clip run's fully fine-tuned SFT model ({out}: --out): adapters on the 0.74M
+    # random-init model cannot learn the answer format in SFT (45% greedy, no sampled completion scores).
+    "lora": ["model.path={out}/ppo_clip/sft_model", "sft.steps=0", "actor.lora.rank=32", "actor.lora.alpha=64",
+             "actor.lr=5e-4"],
 }
 
 
@@ -51,8 +54,9 @@ def main() -> None:
     print("| variant | before | after | gain (points) | wall (s) |\n|---|---|---|---|---|", flush=True)
     for name in args.only or list(VARIANTS):
         out = Path(args.out) / name
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run each time
         command = [sys.executable, "-m", "trainer", f"trainer.output_dir={out}", "trainer.resume=never",
-                   *COMMON, *VARIANTS[name], *args.overrides]
+                   *COMMON, *(v.replace("{out}", args.out) for v in VARIANTS[name]), *args.overrides]
         clock = time.time()
         run = subprocess.run(command, capture_output=True, text=True)
         wall = time.time() - clock

@@ -123,7 +123,7 @@ def ray_head():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=10)  # a graceful stop took 34 s here; the test's part is done, so cut it short
+            head.wait(timeout=3)  # a graceful stop took 34 s here; the test's part is done, so cut it short
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -168,12 +168,13 @@ def test_vllm_engine_reads_the_images_and_the_synced_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_grpo_on_image_prompts_through_ray(tmp_path, engine):
+@pytest.mark.parametrize("engine, ray", [("hf", "false"), ("vllm", "true")])
+def test_grpo_on_image_prompts(tmp_path, engine, ray):
     # vLLM runs its own processor on the images: smaller resize bounds must reach it too (4 image tokens).
+    # (Images through Ray to a rollout worker: the vLLM case; the HF engine's reading of them: in-process.)
     pixels = ["model.image_min_pixels=3136", "model.image_max_pixels=3136"] if engine == "vllm" else []
     trainer = Trainer(vl_config(
-        tmp_path, "engine.ray=true", "sft.steps=4", "sft.batch_size=4", "algorithm.kl_coef=0.01",
+        tmp_path, f"engine.ray={ray}", "sft.steps=4", "sft.batch_size=4", "algorithm.kl_coef=0.01",
         "resources.actor.num_cpus=0.5", "resources.rollout.num_cpus=0.5", "resources.reference.num_cpus=0.5",
         f"rollout.engine={engine}", *pixels,
     ))

@@ -152,7 +152,8 @@ class RolloutConfig:
     "vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
     async_steps: int = 0
     """1: one-step-off-policy rollout: the next step's rollouts are generated while the actor trains on this step's
-    (engine.ray, rollout and actor on separate workers), so each batch is one update stale; the actor recomputes
+    (rollout and actor on separate Ray workers; with engine.ray=false, two threads of one process), so each batch
+    is one update stale; the actor recomputes
     the old log-probs and rollout correction (algorithm.rollout_correction, decoupled unless bypass) weighs the
     stale part. 0: generate, then train."""
     weight_sync: str = "auto"
@@ -722,9 +723,9 @@ def _validate_fields(cfg: Config) -> None:
                          "it cannot be combined with algorithm.old_logprobs=recompute")
     if cfg.algorithm.mismatch_action not in ("correct", "stop"):
         raise ValueError(f"algorithm.mismatch_action={cfg.algorithm.mismatch_action!r}: expected correct or stop")
-    if cfg.rollout.async_steps and (not cfg.engine.ray or cfg.resources.placement == "colocate"):
-        raise ValueError("rollout.async_steps=1 generates while the actor trains: it needs engine.ray=true and the "
-                         "rollout engines on workers of their own (resources.placement split or none, not colocate)")
+    if cfg.rollout.async_steps and cfg.engine.ray and cfg.resources.placement == "colocate":
+        raise ValueError("rollout.async_steps=1 generates while the actor trains: the rollout engines need workers "
+                         "of their own (resources.placement split or none, not colocate)")
     if cfg.actor.lora.rank and cfg.actor.strategy != "torch":
         raise ValueError(f"actor.lora needs actor.strategy=torch (one worker), not {cfg.actor.strategy}: the sharded "
                          "strategies do not wrap adapters yet")

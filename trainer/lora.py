@@ -28,12 +28,6 @@ def add_lora(model: torch.nn.Module, cfg) -> torch.nn.Module:
     return model
 
 
-def is_lora(model: torch.nn.Module) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(module, LoraLayer) for module in model.modules())
-
-
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of the model as if the adapters were merged, under the base model's names; a merged
     tensor is built for one layer at a time (read it before taking the next)."""

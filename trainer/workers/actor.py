@@ -286,6 +286,11 @@ class ActorWorker:
         out.update(loss=float(loss.detach()), grad_norm=grad_norm)
         return out
 
+    @property
+    def lora_settings(self) -> dict | None:
+        """actor.lora as a checkpoint records it (None without LoRA)."""
+        return asdict(self.cfg.lora) if self.lora else None
+
     def full_weights(self):
         """(name, tensor) pairs of the whole model under the base model's names, one at a time (with LoRA: the
         adapters merged in, as the rollout engines and saved models take them)."""
@@ -360,9 +365,9 @@ class ActorWorker:
         """Every rank writes its part of the model and optimiser state into `folder` (collective); returns the
         small state the controller keeps."""
         small = self.strategy.save_shards(folder)
-        lora = asdict(self.cfg.lora) if self.lora else None  # the shards then hold the adapters only
+        # With LoRA the shards hold the adapters only, so the settings go with them.
         return {**small, "updates": self.updates, "world_size": self.world_size, "strategy": self.cfg.strategy,
-                "lora": lora}
+                "lora": self.lora_settings}
 
     def load_checkpoint(self, folder: str, small: dict) -> None:
         if (small["strategy"] == "deepspeed") != (self.cfg.strategy == "deepspeed"):
@@ -371,8 +376,8 @@ class ActorWorker:
         if not self.strategy.reshardable and small["world_size"] != self.world_size:
             raise ValueError(f"{folder} was written by {small['world_size']} {small['strategy']} ranks; this run has "
                              f"{self.world_size}: resume a {self.cfg.strategy} run with the same resources.actor.count")
-        if (small.get("lora") or None) != (asdict(self.cfg.lora) if self.lora else None):
+        if (small.get("lora") or None) != self.lora_settings:
             raise ValueError(f"{folder} holds actor.lora={small.get('lora')}; this run has "
-                             f"{asdict(self.cfg.lora) if self.lora else None}: resume with the same actor.lora")
+                             f"{self.lora_settings}: resume with the same actor.lora")
         self.strategy.load_shards(folder, small)
         self.updates = small["updates"]

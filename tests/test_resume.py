@@ -61,12 +61,15 @@ def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
+    from trainer.__main__ import main
+
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    run_trainer(straight)
+    # Only the killed run needs a process of its own; the other two run in this one (no second import of torch).
+    assert main([*ARGS, f"trainer.output_dir={straight}"]) == 0
     assert run_trainer(interrupted, kill_after_step=2) == -signal.SIGKILL
     killed_at = load_checkpoint(latest_checkpoint(interrupted / "checkpoints"))["step"]
     assert 2 <= killed_at < 5, "the kill should land mid-run"
-    run_trainer(interrupted, "trainer.resume=auto")
+    assert main([*ARGS, f"trainer.output_dir={interrupted}", "trainer.resume=auto"]) == 0
 
     weights_a, sampler_a = final_weights(straight)
     weights_b, sampler_b = final_weights(interrupted)

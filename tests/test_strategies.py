@@ -74,9 +74,13 @@ SHARDED = {
 }
 
 
+# The checkpoint check runs on these two setups' groups, after the matched updates (one group start each).
+CHECKPOINTED = ("fsdp2_reshard", "zero2")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", list(SHARDED))
-def test_two_ranks_match_plain_training(tiny_model_dir, plain, setup):
+def test_two_ranks_match_plain_training(tiny_model_dir, tmp_path, plain, setup):
     plain_history, plain_weights = plain
     init_ray(None, None, 2)
     strategy, extra = SHARDED[setup]
@@ -103,43 +107,36 @@ def test_two_ranks_match_plain_training(tiny_model_dir, plain, setup):
         moved = sum(float((weights[0][k] - v).abs().sum()) for k, v in ActorWorker(
             tiny_model_dir, **configs("torch")).weights().items())
         assert moved > 0
+        if setup in CHECKPOINTED:
+            checkpoint_resumes_the_same_update(group, strategy, tmp_path)
     finally:
         group.shutdown()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("setup", ["fsdp2_reshard", "zero2"])
-def test_checkpoint_resumes_the_same_update(tiny_model_dir, tmp_path, setup):
-    init_ray(None, None, 2)
-    strategy, extra = SHARDED[setup]
-    group = sharded_group(tiny_model_dir, strategy, **extra)
-    try:
-        for step in range(2):
-            group.call("update", batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=step), 1.0)
-        folder = tmp_path / "actor"
-        small = group.call("save_checkpoint", str(folder))[0]
-        files = sorted(p.name for p in folder.rglob("*") if p.is_file())
-        if strategy == "fsdp2":
-            assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
-        else:  # DeepSpeed: each rank's optimiser partition in its own file
-            assert sum("optim_states" in f for f in files) == 2, files
-        third = batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=2)
-        first_try = group.call("update", third, 1.0)[0]
-        group.call("load_checkpoint", str(folder), small)
-        second_try = group.call("update", third, 1.0)[0]
-        assert_metrics_match(second_try, first_try, "after restoring the checkpoint")
+def checkpoint_resumes_the_same_update(group: WorkerGroup, strategy: str, tmp_path) -> None:
+    """Save, update, restore, update again: the same update; then the gathered Hugging Face folder."""
+    folder = tmp_path / "actor"
+    small = group.call("save_checkpoint", str(folder))[0]
+    files = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    if strategy == "fsdp2":
+        assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
+    else:  # DeepSpeed: each rank's optimiser partition in its own file
+        assert sum("optim_states" in f for f in files) == 2, files
+    after = batch_for(lambda b: group.call("log_probs", b, 1.0)[0], seed=UPDATES)
+    first_try = group.call("update", after, 1.0)[0]
+    group.call("load_checkpoint", str(folder), small)
+    second_try = group.call("update", after, 1.0)[0]
+    assert_metrics_match(second_try, first_try, "after restoring the checkpoint")
 
-        # A small file size: the folder is written in several files, as the weights are gathered.
-        group.call("save_pretrained", str(tmp_path / "saved"), 64 << 10)
-        assert len(list((tmp_path / "saved").glob("model-*-of-*.safetensors"))) > 1
-        from trainer.modeling import load_causal_lm
+    # A small file size: the folder is written in several files, as the weights are gathered.
+    group.call("save_pretrained", str(tmp_path / "saved"), 64 << 10)
+    assert len(list((tmp_path / "saved").glob("model-*-of-*.safetensors"))) > 1
+    from trainer.modeling import load_causal_lm
 
-        saved = load_causal_lm(str(tmp_path / "saved")).state_dict()
-        gathered = group.call("weights")[0]
-        for key, value in gathered.items():
-            assert torch.equal(saved[key], value), key
-    finally:
-        group.shutdown()
+    saved = load_causal_lm(str(tmp_path / "saved")).state_dict()
+    gathered = group.call("weights")[0]
+    for key, value in gathered.items():
+        assert torch.equal(saved[key], value), key
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed"])

@@ -726,9 +726,6 @@ def _validate_fields(cfg: Config) -> None:
     if cfg.rollout.async_steps and cfg.engine.ray and cfg.resources.placement == "colocate":
         raise ValueError("rollout.async_steps=1 generates while the actor trains: the rollout engines need workers "
                          "of their own (resources.placement split or none, not colocate)")
-    if cfg.actor.lora.rank and cfg.actor.strategy != "torch":
-        raise ValueError(f"actor.lora needs actor.strategy=torch (one worker), not {cfg.actor.strategy}: the sharded "
-                         "strategies do not wrap adapters yet")
     if cfg.algorithm.old_logprobs not in ("auto", "recompute"):
         raise ValueError(f"algorithm.old_logprobs={cfg.algorithm.old_logprobs!r}: expected auto or recompute")
     if cfg.rollout.weight_sync not in ("auto", "shared_memory", "collective", "object_store"):

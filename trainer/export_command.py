@@ -46,7 +46,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         missing, unexpected = model.load_state_dict(read_shards(shards)["model"], strict=False)
         if unexpected or any(".lora_" in key for key in missing):
             raise ValueError(f"{shards} does not hold the adapters of actor.lora={lora}")
-        save_model_folder(model, merged_weights(model), str(out), file_bytes=1 << 30)
+        state = ((k, v.detach()) for k, v in model.state_dict().items())
+        save_model_folder(model, merged_weights(state, model), str(out), file_bytes=1 << 30)
     else:
         model.load_state_dict(read_shards(shards)["model"])
         model.save_pretrained(out)

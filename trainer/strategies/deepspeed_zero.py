@@ -27,7 +27,8 @@ class DeepSpeedStrategy:
     "A checkpoint loads only onto the number of ranks that wrote it."
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
-                 zero_stage: int = 2, grad_clip: float = 1.0, mixed_precision: bool = False, cpu_offload: bool = False):
+                 zero_stage: int = 2, grad_clip: float = 1.0, mixed_precision: bool = False, cpu_offload: bool = False,
+                 checkpoint_frozen: bool = True):
         if zero_stage not in (1, 2, 3):
             raise ValueError(f"actor.zero_stage={zero_stage}: expected 1, 2 or 3")
         if not dist.is_initialized():
@@ -40,6 +41,7 @@ class DeepSpeedStrategy:
 
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.world_size, self.zero_stage, self.grad_clip = dist.get_world_size(), zero_stage, grad_clip
+        self.checkpoint_frozen = checkpoint_frozen  # False (LoRA): the base model on disk holds the frozen part
         zero: dict = {"stage": zero_stage}
         if cpu_offload and on_gpu:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -91,12 +93,13 @@ class DeepSpeedStrategy:
 
     def save_shards(self, folder: str) -> dict:
         """DeepSpeed's own format: each rank writes its optimiser partition, rank 0 the module. Collective."""
-        self.engine.save_checkpoint(folder, tag=TAG, save_latest=False)
+        self.engine.save_checkpoint(folder, tag=TAG, save_latest=False,
+                                    exclude_frozen_parameters=not self.checkpoint_frozen)
         return {}
 
     def load_shards(self, folder: str, small: dict) -> None:
         """Needs the number of ranks that wrote it (DeepSpeed's partitions are per rank)."""
         path, _ = self.engine.load_checkpoint(folder, tag=TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True, load_module_strict=self.checkpoint_frozen)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {folder} (rank {dist.get_rank()})")

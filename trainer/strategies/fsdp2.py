@@ -29,7 +29,8 @@ class FSDP2Strategy(TorchStrategy):
     """The plain strategy's optimiser, step and weight gathering over a model sharded with `fully_shard`."""
 
     def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, betas, warmup_steps: int,
-                 reshard_after_forward: bool = True, mixed_precision: bool = False, cpu_offload: bool = False):
+                 reshard_after_forward: bool = True, mixed_precision: bool = False, cpu_offload: bool = False,
+                 checkpoint_frozen: bool = True):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -47,5 +48,5 @@ class FSDP2Strategy(TorchStrategy):
             fully_shard(layer, **options)
         fully_shard(model, **options)
         super().__init__(model, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         fused=False)
+                         fused=False, checkpoint_frozen=checkpoint_frozen)
         self.world_size = dist.get_world_size()

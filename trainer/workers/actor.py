@@ -297,7 +297,7 @@ class ActorWorker:
         if self.lora:
             from trainer.lora import merged_weights
 
-            return merged_weights(self.model)
+            return merged_weights(self.strategy.full_weights(), self.model)
         return self.strategy.full_weights()
 
     def weights(self) -> dict[str, torch.Tensor] | None:
@@ -344,16 +344,21 @@ class ActorWorker:
             return
         from trainer.model_files import save_model_folder
 
-        self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes))
-        if self.lora:  # the adapters too, for peft
-            from trainer.lora import save_adapter
+        if not self.lora:
+            self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes))
+            return
+        from trainer.lora import merged_weights, save_adapter
 
-            save_adapter(self.model, Path(out_dir) / "lora_adapter")
+        adapters: dict[str, torch.Tensor] = {}  # collected on the way, for peft
+        tensors = merged_weights(self.strategy.full_weights(), self.model, adapters)
+        self._gather_to_rank0(lambda t: save_model_folder(self.model, t, out_dir, file_bytes), tensors)
+        if self.rank == 0:
+            save_adapter(self.model, Path(out_dir) / "lora_adapter", adapters)
 
-    def _gather_to_rank0(self, consume) -> None:
-        """Every rank gathers the full weights one tensor at a time (sharded strategies need all ranks for
-        each); rank 0 hands them to `consume`."""
-        tensors = self.full_weights()
+    def _gather_to_rank0(self, consume, tensors=None) -> None:
+        """Every rank gathers the full weights (or `tensors`) one tensor at a time (sharded strategies need all
+        ranks for each); rank 0 hands them to `consume`."""
+        tensors = self.full_weights() if tensors is None else tensors
         try:
             if self.rank == 0:
                 consume(tensors)

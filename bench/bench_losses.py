@@ -42,6 +42,10 @@ VARIANTS = {
     # random-init model cannot learn the answer format in SFT (45% greedy, no sampled completion scores).
     "lora": ["model.path={out}/ppo_clip/sft_model", "sft.steps=0", "actor.lora.rank=32", "actor.lora.alpha=64",
              "actor.lr=5e-4"],
+    # The same on two FSDP2 actor ranks (Ray workers): the adapters and the frozen base sharded alike.
+    "lora_fsdp2": ["model.path={out}/ppo_clip/sft_model", "sft.steps=0", "actor.lora.rank=32", "actor.lora.alpha=64",
+                   "actor.lr=5e-4", "actor.strategy=fsdp2", "resources.actor.count=2", "resources.actor.num_cpus=0.5",
+                   "engine.ray=true"],
 }
 
 

@@ -135,6 +135,14 @@ def test_lora_keeps_gradients_and_adam_for_the_adapters_only():
     found = parts(plan_memory(cfg, model_shape(TINY)), "actor")
     assert (found["weights"], found["gradients"], found["optimiser"]) == (4 * (TINY_PARAMS + adapters),
                                                                           4 * adapters, 8 * adapters)
+    # Sharded: the adapters' gradients and optimiser state are split over the ranks like the rest.
+    sharded = parts(plan_memory(config("actor.lora.rank=8", "actor.strategy=fsdp2", "resources.actor.count=4",
+                                       "resources.actor.num_gpus=1"), model_shape(TINY)), "actor")
+    assert (sharded["weights"], sharded["gradients"], sharded["optimiser"]) == (
+        4 * (TINY_PARAMS + adapters) / 4, 4 * adapters / 4, 8 * adapters / 4)
+    zero3 = parts(plan_memory(config("actor.lora.rank=8", "actor.strategy=deepspeed", "actor.zero_stage=3",
+                                     "resources.actor.count=4", "resources.actor.num_gpus=1"), model_shape(TINY)), "actor")
+    assert zero3["optimiser"] == 16 * adapters / 4
     # peft counts the same adapters on the same architecture.
     from types import SimpleNamespace
 

@@ -3,7 +3,7 @@ its own chat template, Ray actors, vLLM rollout, weight sync, two GRPO steps."""
 
 import pytest
 
-from tests.test_e2e_ray_vllm import assert_same
+from tests.vllm_weights import assert_same
 from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
 

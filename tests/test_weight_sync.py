@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_e2e_ray_vllm import assert_same
+from tests.vllm_weights import assert_same
 from trainer.recipe_config import compose_config
 from trainer.loop import Trainer
+from trainer.rollout.sampling import SamplingSpec
+from trainer.workers.group import WorkerDiedError
 
 pytestmark = pytest.mark.slow
 
@@ -61,12 +63,28 @@ def test_two_fsdp2_ranks_to_two_hf_engines_through_shared_memory_by_default(tmp_
 def test_collective_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(tmp_path):
     # vLLM reloads several partial sets of layers per sync (one reload a bucket).
     trainer, initial, metrics = run_steps(tmp_path, "rollout.engine=vllm", "actor.mini_batch_size=4",
-                                          "rollout.sync_bucket_mb=0.25", sync="collective")
+                                          "rollout.sync_bucket_mb=0.25", "trainer.max_worker_restarts=0",
+                                          sync="collective")
     try:
         actor = trainer.workers.actor.call("weights")[0]
         assert any(not torch.equal(actor[k], initial[k]) for k in initial)
         assert_same(trainer.workers.rollout.call("weights")[0], actor, "after a bucketed collective sync")
         assert all(m["time/old_logprobs"] > 0 and m["actor/optimizer_steps"] == 2 for m in metrics)
         assert metrics[1]["logp_mismatch"] < 1e-3
+
+        # A batch too large to prefill in one go (chunked prefill) samples fine: per-request seeds
+        # broke vLLM's CPU path there ("CPU Generator does not use offset").
+        width = trainer.workers.max_len - 4  # as long as the engine allows, so 64 x 8 of them exceed one prefill batch
+        long_prompts = [(i, [1 + (i + j) % 10 for j in range(width)]) for i in range(64)]
+        spec = SamplingSpec(n=8, temperature=1.0, max_new_tokens=4, stop_token_ids=(), seed=11)
+        assert len(trainer.workers.rollout.call("generate", long_prompts, spec)[0]) == 64 * 8
+
+        # A rollout worker that dies is reported by role and method, not as a bare Ray traceback (no
+        # replacement here: tests/test_guard.py replaces dead workers).
+        import ray
+
+        ray.kill(trainer.workers.rollout.workers[0])
+        with pytest.raises(WorkerDiedError, match="rollout worker died during 'generate'"):
+            trainer.step(2)
     finally:
         trainer.close()

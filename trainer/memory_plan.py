@@ -375,23 +375,24 @@ def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> l
     actor = cfg.actor
     p = shape.params
     trainable = p - (shape.vision_params if actor.freeze_vision else 0)
+    lora = f" + LoRA rank {actor.lora.rank} adapters" if actor.lora.rank else ""
+    if lora:  # the adapters join the weights and are all that trains (gradients, optimiser state)
+        trainable = lora_params(shape, actor.lora.rank, list(actor.lora.target_modules))
+        p += trainable
     wb, b = DTYPE_BYTES[cfg.model.dtype], _compute_bytes(cfg, on_gpu)
     offload = actor.cpu_offload and on_gpu and actor.strategy != "torch"
     one_layer = shape.layer_params
     # What a sharded strategy gathers to compute: the root unit (embedding, head) and a layer plus the next
     # one prefetched, and one layer's unsharded gradients before they are reduce-scattered.
     gathered = (shape.embedding_params + shape.head_params + 2 * one_layer) * b + one_layer * b
-    if actor.strategy == "torch" and actor.lora.rank:
-        adapters = lora_params(shape, actor.lora.rank, list(actor.lora.target_modules))
-        return [Part("weights", f"weights + LoRA rank {actor.lora.rank} adapters", (p + adapters) * wb),
-                Part("gradients", "gradients: adapters only", adapters * wb),
-                Part("optimiser", f"optimiser: AdamW m, v of the adapters in {cfg.model.dtype}", 2 * adapters * wb)]
     if actor.strategy == "torch":
-        return [Part("weights", "weights", p * wb), Part("gradients", "gradients", trainable * wb),
-                Part("optimiser", f"optimiser: AdamW m, v in {cfg.model.dtype}", 2 * trainable * wb)]
+        return [Part("weights", "weights" + lora, p * wb),
+                Part("gradients", "gradients" + (": adapters only" if lora else ""), trainable * wb),
+                Part("optimiser", f"optimiser: AdamW m, v{' of the adapters' if lora else ''} in {cfg.model.dtype}",
+                     2 * trainable * wb)]
     n = ranks
     if actor.strategy == "fsdp2":
-        parts = [Part("weights", f"weights: shard 1/{n}", p * wb / n, host=offload),
+        parts = [Part("weights", f"weights{lora}: shard 1/{n}", p * wb / n, host=offload),
                  Part("gradients", f"gradients: shard 1/{n}", trainable * wb / n, host=offload),
                  Part("optimiser", f"optimiser: AdamW m, v, shard 1/{n}", 2 * trainable * wb / n, host=offload)]
         if actor.reshard_after_forward:
@@ -401,7 +402,7 @@ def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> l
         return parts
     stage = actor.zero_stage
     # ZeRO-1 shards the optimiser, ZeRO-2 also the gradients, ZeRO-3 also the weights.
-    weights = Part("weights", "weights" + (f": shard 1/{n}" if stage == 3 else ""), p * b / (n if stage == 3 else 1),
+    weights = Part("weights", "weights" + lora + (f": shard 1/{n}" if stage == 3 else ""), p * b / (n if stage == 3 else 1),
                    host=offload and stage == 3)
     grads = Part("gradients", "gradients" + (f": shard 1/{n}" if stage >= 2 else ""),
                  trainable * b / (n if stage >= 2 else 1))

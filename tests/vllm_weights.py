@@ -1,0 +1,26 @@
+"""Compare a vLLM engine's weights (read back through its layers) with the actor's."""
+
+import torch
+
+
+def vllm_view(actor_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Actor (HF) weights under vLLM's names: q/k/v and gate/up are fused into one matrix each."""
+    out = {}
+    for name, tensor in actor_weights.items():
+        if name == "lm_head.weight":
+            continue  # tied to embed_tokens
+        for fused, parts in (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))):
+            if f".{parts[0]}." in name:
+                out[name.replace(parts[0], fused)] = torch.cat(
+                    [actor_weights[name.replace(parts[0], p)] for p in parts]
+                )
+        if not any(f".{p}." in name for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            out[name] = tensor
+    return out
+
+
+def assert_same(engine_weights: dict[str, torch.Tensor], actor_weights: dict[str, torch.Tensor], when: str):
+    for name, tensor in vllm_view(actor_weights).items():
+        engine_tensor = engine_weights[name]
+        # vLLM pads the vocabulary dimension of the embedding; compare the real rows.
+        assert torch.equal(engine_tensor[: tensor.shape[0]], tensor), f"{when}: rollout {name} differs from the actor"

@@ -232,9 +232,13 @@ def test_killed_workers_rollout_and_reference_replaced_actor_resumed_same_run_as
     resumed run ends with the same per-step metrics as an unbroken one."""
     import shlex
 
+    import ray
+
     from tests import reward_fixtures
     from trainer.__main__ import main
 
+    # A Ray an earlier test started (2 CPUs) cannot seat three roles in groups of their own: let the run size it.
+    ray.shutdown()
     ray_args = [*[o for o in BASE if o != "engine.ray=false"][:-1], "engine.ray=true", "algorithm.kl_coef=0.05",
                 "trainer.total_steps=3", "trainer.save_every=1"]
     # Reward calls: 4 for the evaluation before RL, then 8 per step: 6 is in step 1, 14 in step 2, 22 in step 3.
@@ -266,8 +270,6 @@ def test_killed_workers_rollout_and_reference_replaced_actor_resumed_same_run_as
     assert [broken[s]["workers/restarts"] for s in (1, 2)] == [1.0, 2.0]
     lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
     assert sum('"reward/mean"' in line for line in lines) == 3  # step 3 died before it was logged: none twice
-    import ray
-
     ray.shutdown()  # the runs' local Ray: a later test starts a head of its own
 
 

@@ -144,7 +144,7 @@ def test_submit_tiny_run_to_a_local_ray_head(ray_head, tmp_path):
     result = launch(
         "submit", "--address", address, "--wait",
         "recipe=quickstart", f"trainer.output_dir={out}", "trainer.total_steps=2", "trainer.save_every=0",
-        "sft.steps=5", "data.num_train=32", "data.num_eval=8", "data.prompts_per_step=4", "rollout.n=4",
+        "sft.steps=0", "data.num_train=32", "data.num_eval=8", "data.prompts_per_step=4", "rollout.n=4",
         "actor.mini_batch_size=16", "actor.micro_batch_size=16", "rollout.max_new_tokens=12",
         "rollout.eval_max_new_tokens=12", "rollout.engine=hf", "tracking.wandb.mode=offline", "tracking.console=false",
         env=env,

@@ -39,6 +39,12 @@ class DeepSpeedStrategy:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
+        if not on_gpu:
+            # DeepSpeed's CPU backend compiles its shared-memory all-reduce on every fresh machine (about a
+            # minute) for inference only (`inference_all_reduce`); training's collectives are torch.distributed's.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.world_size, self.zero_stage, self.grad_clip = dist.get_world_size(), zero_stage, grad_clip
         self.checkpoint_frozen = checkpoint_frozen  # False (LoRA): the base model on disk holds the frozen part

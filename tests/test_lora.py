@@ -148,7 +148,9 @@ def test_lora_on_two_sharded_ranks_matches_one_worker(tiny_model_dir, tmp_path, 
     gathered tensors, one layer at a time, and equal one worker's; the checkpoint holds the adapters only."""
     import peft
 
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
     from trainer.config import RoleResources
+    from trainer.export_command import export_checkpoint
     from trainer.workers.group import WorkerGroup, init_ray
 
     def batch():
@@ -175,12 +177,19 @@ def test_lora_on_two_sharded_ranks_matches_one_worker(tiny_model_dir, tmp_path, 
         for name, value in plain.weights().items():
             torch.testing.assert_close(merged[name], value, atol=1e-5, rtol=1e-4)
 
-        small = group.call("save_checkpoint", str(tmp_path / "actor"))[0]
+        saved_step = save_checkpoint(tmp_path / "checkpoints", 2, {"policy": {"model": tiny_model_dir,
+                                                                            "tokenizer": tiny_model_dir}},
+                                     folders={"actor": lambda path: group.call("save_checkpoint", str(path))[0]})
+        small = load_checkpoint(saved_step)["actor"]
         if strategy == "fsdp2":
-            saved = read_shards(tmp_path / "actor")["model"]
+            saved = read_shards(saved_step / "actor")["model"]
             assert saved and all(".lora_" in k for k in saved)  # no base weights in the checkpoint
+        # `python -m trainer export`: the adapters from the checkpoint merged onto the base model on disk.
+        exported = load_causal_lm(str(export_checkpoint(saved_step, tmp_path / "exported"))).state_dict()
+        for name, value in merged.items():
+            torch.testing.assert_close(exported[name], value, atol=1e-6, rtol=1e-6)
         third = group.call("update", batch(), 1.0)[0]
-        group.call("load_checkpoint", str(tmp_path / "actor"), small)
+        group.call("load_checkpoint", str(saved_step / "actor"), small)
         again = group.call("update", batch(), 1.0)[0]
         assert again["grad_norm"] == pytest.approx(third["grad_norm"], rel=1e-6)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trainer.batch import TrainBatch
+from trainer.checkpoint import load_checkpoint
 from trainer.config import ActorConfig, AlgorithmConfig, RoleResources
 from trainer.strategies.factory import make_strategy
 from trainer.stages.sft import run_sft
@@ -108,15 +109,27 @@ def test_two_ranks_match_plain_training(tiny_model_dir, tmp_path, plain, setup):
             tiny_model_dir, **configs("torch")).weights().items())
         assert moved > 0
         if setup in CHECKPOINTED:
-            checkpoint_resumes_the_same_update(group, strategy, tmp_path)
+            checkpoint_resumes_the_same_update(group, strategy, tmp_path, tiny_model_dir)
     finally:
         group.shutdown()
 
 
-def checkpoint_resumes_the_same_update(group: WorkerGroup, strategy: str, tmp_path) -> None:
-    """Save, update, restore, update again: the same update; then the gathered Hugging Face folder."""
-    folder = tmp_path / "actor"
-    small = group.call("save_checkpoint", str(folder))[0]
+def checkpoint_resumes_the_same_update(group: WorkerGroup, strategy: str, tmp_path, model_dir: str) -> None:
+    """Save (as a run's checkpoint), export it, update, restore, update again: the same update; then the
+    gathered Hugging Face folder."""
+    from trainer.checkpoint import save_checkpoint
+    from trainer.export_command import export_checkpoint
+    from trainer.modeling import load_causal_lm
+
+    at_save = group.call("weights")[0]
+    saved_step = save_checkpoint(tmp_path / "checkpoints", UPDATES, {"policy": {"model": model_dir, "tokenizer": model_dir}},
+                                 folders={"actor": lambda path: group.call("save_checkpoint", str(path))[0]})
+    folder = saved_step / "actor"
+    small = load_checkpoint(saved_step)["actor"]
+    # `python -m trainer export` reads either format in one process: the weights as they were saved.
+    exported = load_causal_lm(str(export_checkpoint(saved_step, tmp_path / "exported"))).state_dict()
+    for key, value in at_save.items():
+        assert torch.equal(exported[key], value), key
     files = sorted(p.name for p in folder.rglob("*") if p.is_file())
     if strategy == "fsdp2":
         assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard
@@ -131,8 +144,6 @@ def checkpoint_resumes_the_same_update(group: WorkerGroup, strategy: str, tmp_pa
     # A small file size: the folder is written in several files, as the weights are gathered.
     group.call("save_pretrained", str(tmp_path / "saved"), 64 << 10)
     assert len(list((tmp_path / "saved").glob("model-*-of-*.safetensors"))) > 1
-    from trainer.modeling import load_causal_lm
-
     saved = load_causal_lm(str(tmp_path / "saved")).state_dict()
     gathered = group.call("weights")[0]
     for key, value in gathered.items():

@@ -247,6 +247,20 @@ def read_shards(folder: Path) -> dict[str, Any]:
         return torch.load(f"{tmp}/state.pt", weights_only=False)
 
 
+def read_deepspeed_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A DeepSpeed ZeRO actor folder's weights as one float32 state dict in this process (DeepSpeed's own
+    consolidation from the ranks' partitions), for export. With LoRA the frozen base is not in it."""
+    import contextlib
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from trainer.strategies.deepspeed_zero import TAG
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per file it reads
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """RNG states of python `random`, numpy's global generator, torch CPU and CUDA."""
     return {

@@ -1,7 +1,7 @@
 """`python -m trainer export CHECKPOINT [OUT]`: a checkpoint's actor weights as a Hugging Face model folder,
 with the config and tokenizer (or a vision model's processor) of the folder the run's policy started from.
-It reads the shards in this one process (torch.distributed.checkpoint reshards them), so it needs memory
-for the whole model once; a running trainer writes `final_model/` itself, as the weights are gathered."""
+It reads the shards in this one process (torch.distributed.checkpoint reshards them; DeepSpeed's own
+consolidation joins a ZeRO checkpoint's partitions), so it needs memory for the whole model once; a running trainer writes `final_model/` itself, as the weights are gathered."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ USAGE = """usage: python -m trainer export CHECKPOINT [OUT]
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     """Write `checkpoint`'s actor weights into `out` as a Hugging Face folder; errors name what is missing."""
-    from trainer.checkpoint import actor_shards, load_checkpoint, read_shards
+    from trainer.checkpoint import actor_shards, load_checkpoint, read_deepspeed_weights, read_shards
     from trainer.modeling import load_causal_lm, load_tokenizer
     from trainer.vision import is_vision_model, load_processor
 
@@ -26,8 +26,6 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     if "policy" not in state:
         raise ValueError(f"{checkpoint} does not name the folder its run started from (written before export "
                          "existed): load its weights with trainer.checkpoint.read_shards")
-    if state["actor"].get("strategy") == "deepspeed":
-        raise ValueError(f"{shards} is in DeepSpeed's format: convert it with DeepSpeed's zero_to_fp32.py")
     policy = state["policy"]
     if not Path(policy["model"]).is_dir():
         raise FileNotFoundError(f"the run started from {policy['model']}, which is not a folder here any more")
@@ -35,6 +33,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
 
     hf_logging.disable_progress_bar()  # the command's one line says what happened
     model = load_causal_lm(policy["model"])
+    deepspeed = state["actor"].get("strategy") == "deepspeed"
+    weights = read_deepspeed_weights(shards) if deepspeed else read_shards(shards)["model"]
     lora = state["actor"].get("lora")
     if lora:  # the shards hold the adapters only: onto the base model, then merged
         from types import SimpleNamespace
@@ -43,13 +43,13 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         from trainer.model_files import save_model_folder
 
         add_lora(model, SimpleNamespace(**lora))
-        missing, unexpected = model.load_state_dict(read_shards(shards)["model"], strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(".lora_" in key for key in missing):
             raise ValueError(f"{shards} does not hold the adapters of actor.lora={lora}")
-        state = ((k, v.detach()) for k, v in model.state_dict().items())
-        save_model_folder(model, merged_weights(state, model), str(out), file_bytes=1 << 30)
+        tensors = ((k, v.detach()) for k, v in model.state_dict().items())
+        save_model_folder(model, merged_weights(tensors, model), str(out), file_bytes=1 << 30)
     else:
-        model.load_state_dict(read_shards(shards)["model"])
+        model.load_state_dict(weights)
         model.save_pretrained(out)
     vision = is_vision_model(policy["model"])
     (load_processor(policy["tokenizer"]) if vision else load_tokenizer(policy["tokenizer"])).save_pretrained(out)

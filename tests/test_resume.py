@@ -158,7 +158,8 @@ def test_sharded_checkpoint_resumes_on_new_workers_and_onto_one_rank(tmp_path):
 
 ASYNC = [
     # In-process (engine.ray=false): the collection ahead runs on a thread beside the update, as with Ray workers.
-    "recipe=quickstart", "engine.ray=false", "rollout.engine=hf", "rollout.async_steps=1", "sft.steps=0", "data.num_train=64", "data.num_eval=4", "data.prompts_per_step=4",
+    "recipe=quickstart", "engine.ray=false", "rollout.engine=hf", "rollout.async_steps=1", "sft.steps=0",
+    "data.num_train=64", "data.num_eval=4", "data.prompts_per_step=4",
     "rollout.n=4", "rollout.max_new_tokens=8", "rollout.eval_max_new_tokens=8", "actor.mini_batch_size=16",
     "actor.micro_batch_size=16", "actor.lr=1e-3", "reward.num_workers=0", "tracking.wandb.mode=disabled",
     "tracking.console=false", "trainer.total_steps=4", "trainer.save_every=1", "trainer.keep_last=10",

@@ -1,7 +1,8 @@
 """`python -m trainer export CHECKPOINT [OUT]`: a checkpoint's actor weights as a Hugging Face model folder,
 with the config and tokenizer (or a vision model's processor) of the folder the run's policy started from.
 It reads the shards in this one process (torch.distributed.checkpoint reshards them; DeepSpeed's own
-consolidation joins a ZeRO checkpoint's partitions), so it needs memory for the whole model once; a running trainer writes `final_model/` itself, as the weights are gathered."""
+consolidation joins a ZeRO checkpoint's partitions), so it needs memory for the whole model once; a running
+trainer writes `final_model/` itself, as the weights are gathered."""
 
 from __future__ import annotations
 
@@ -46,8 +47,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or any(".lora_" in key for key in missing):
             raise ValueError(f"{shards} does not hold the adapters of actor.lora={lora}")
-        tensors = ((k, v.detach()) for k, v in model.state_dict().items())
-        save_model_folder(model, merged_weights(tensors, model), str(out), file_bytes=1 << 30)
+        save_model_folder(model, merged_weights(model.state_dict().items(), model), str(out), file_bytes=1 << 30)
     else:
         model.load_state_dict(weights)
         model.save_pretrained(out)

@@ -402,8 +402,8 @@ def _actor_states(cfg: Config, shape: ModelShape, on_gpu: bool, ranks: int) -> l
         return parts
     stage = actor.zero_stage
     # ZeRO-1 shards the optimiser, ZeRO-2 also the gradients, ZeRO-3 also the weights.
-    weights = Part("weights", "weights" + lora + (f": shard 1/{n}" if stage == 3 else ""), p * b / (n if stage == 3 else 1),
-                   host=offload and stage == 3)
+    weights = Part("weights", "weights" + lora + (f": shard 1/{n}" if stage == 3 else ""),
+                   p * b / (n if stage == 3 else 1), host=offload and stage == 3)
     grads = Part("gradients", "gradients" + (f": shard 1/{n}" if stage >= 2 else ""),
                  trainable * b / (n if stage >= 2 else 1))
     parts = [weights, grads,

@@ -291,13 +291,14 @@ class ActorWorker:
         """actor.lora as a checkpoint records it (None without LoRA)."""
         return asdict(self.cfg.lora) if self.lora else None
 
-    def full_weights(self):
+    def full_weights(self, adapters: dict[str, torch.Tensor] | None = None):
         """(name, tensor) pairs of the whole model under the base model's names, one at a time (with LoRA: the
-        adapters merged in, as the rollout engines and saved models take them)."""
+        adapters merged in, as the rollout engines and saved models take them; `adapters` then collects the
+        adapters' own tensors on the way)."""
         if self.lora:
             from trainer.lora import merged_weights
 
-            return merged_weights(self.strategy.full_weights(), self.model)
+            return merged_weights(self.strategy.full_weights(), self.model, adapters)
         return self.strategy.full_weights()
 
     def weights(self) -> dict[str, torch.Tensor] | None:
@@ -344,21 +345,17 @@ class ActorWorker:
             return
         from trainer.model_files import save_model_folder
 
-        if not self.lora:
-            self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes))
-            return
-        from trainer.lora import merged_weights, save_adapter
+        adapters: dict[str, torch.Tensor] = {}  # with LoRA: collected on the way, for peft
+        self._gather_to_rank0(lambda tensors: save_model_folder(self.model, tensors, out_dir, file_bytes), adapters)
+        if self.lora and self.rank == 0:
+            from trainer.lora import save_adapter
 
-        adapters: dict[str, torch.Tensor] = {}  # collected on the way, for peft
-        tensors = merged_weights(self.strategy.full_weights(), self.model, adapters)
-        self._gather_to_rank0(lambda t: save_model_folder(self.model, t, out_dir, file_bytes), tensors)
-        if self.rank == 0:
             save_adapter(self.model, Path(out_dir) / "lora_adapter", adapters)
 
-    def _gather_to_rank0(self, consume, tensors=None) -> None:
-        """Every rank gathers the full weights (or `tensors`) one tensor at a time (sharded strategies need all
-        ranks for each); rank 0 hands them to `consume`."""
-        tensors = self.full_weights() if tensors is None else tensors
+    def _gather_to_rank0(self, consume, adapters: dict[str, torch.Tensor] | None = None) -> None:
+        """Every rank gathers the full weights one tensor at a time (sharded strategies need all ranks for
+        each); rank 0 hands them to `consume`."""
+        tensors = self.full_weights(adapters)
         try:
             if self.rank == 0:
                 consume(tensors)

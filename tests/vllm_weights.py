@@ -4,11 +4,10 @@ import torch
 
 
 def vllm_view(actor_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Actor (HF) weights under vLLM's names: q/k/v and gate/up are fused into one matrix each."""
+    """Actor (HF) weights under vLLM's names: q/k/v and gate/up are fused into one matrix each. The LM head
+    is compared too: on CPU it computes with a packed copy of its (tied) weight that a sync must refresh."""
     out = {}
     for name, tensor in actor_weights.items():
-        if name == "lm_head.weight":
-            continue  # tied to embed_tokens
         for fused, parts in (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))):
             if f".{parts[0]}." in name:
                 out[name.replace(parts[0], fused)] = torch.cat(

@@ -11,6 +11,20 @@ from trainer.rollout.sampling import Completion, SamplingSpec
 from trainer.workers.group import WorkerGroup, init_ray
 
 
+def start_ray(cfg: Config) -> bool:
+    """Start Ray (or join ray.address) unless it is up; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    res = cfg.resources
+    # Enough logical CPUs that every role can be placed at once, in any stage of this process
+    # (a DPO stage adds a reference even when kl_coef is 0).
+    needed = sum(r.num_cpus * r.count for r in (res.actor, res.rollout, res.reference))
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, needed)
+    return True
+
+
 class WorkerCluster:
     def __init__(self, cfg: Config, tokenizer_path: str, max_images_per_prompt: int):
         self.cfg, self.tokenizer_path, self.max_images_per_prompt = cfg, tokenizer_path, max_images_per_prompt
@@ -118,11 +132,7 @@ class WorkerCluster:
 
     def _init_ray(self) -> None:
         if self.use_ray:
-            res = self.cfg.resources
-            # Enough logical CPUs that every role can be placed at once, in any stage of this process
-            # (a DPO stage adds a reference even when kl_coef is 0).
-            needed = sum(r.num_cpus * r.count for r in (res.actor, res.rollout, res.reference))
-            init_ray(self.cfg.ray.address, self.cfg.ray.num_cpus, needed)
+            start_ray(self.cfg)
 
     def _slots(self, role: str) -> list | None:
         """This role's placement-group seats (resources.placement), planned once for all roles."""

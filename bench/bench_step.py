@@ -12,8 +12,8 @@ Extra key=value arguments are config overrides (e.g. rollout.engine=hf engine.ra
 rollout.async_steps=1: generation then overlaps the previous step, and wait_rollouts is what it adds).
 
 Prints the start-up split (workers, the evaluation before RL), then per phase the median seconds over
-the timed steps with their range, the step's wall time as the controller sees it, tokens/s, the
-bytes one weight sync moves and, for the shared-memory sync, its two halves timed apart. `--plain`
+the timed steps with their range, the step's wall time as the controller sees it, tokens/s and the
+bytes one weight sync moves. `--plain`
 runs the same prompts, rewards and batch shape through `model.generate`, one log-prob forward (no
 old log-probs pass) and AdamW in this process: the in-repo baseline that a framework must beat.
 """

@@ -27,18 +27,15 @@ from trainer.algorithms.bpo import mode_metrics
 from trainer.batch import TrainBatch
 from trainer.checkpoint import (actor_shards, capture_rng_state, load_checkpoint, restore_rng_state, resume_checkpoint,
                                 save_checkpoint)
-from trainer.cluster import WorkerCluster, start_ray
+from trainer.cluster import WorkerCluster
 from trainer.collect import RolloutCollector
 from trainer.config import Config, validate
-from trainer.prompt_sets import load_prompt_sets
 from trainer.recipe_config import config_yaml
 from trainer.evaluate import band_check, evaluate, per_task_lines
 from trainer.mismatch import MismatchBudget, likely_causes
 from trainer.rollouts import Rollouts, term_means
 from trainer.scoring import Scorer, failure_lines
-from trainer.hub import apply_offline_mode
-from trainer.modeling import EMBEDDED_MODELS, prepare_model
-from trainer.setup import check_image_engine, fit_to_context, prepare_policy
+from trainer.setup import prepare_run
 from trainer.stages.sft import run_sft
 from trainer.tracking import Tracker
 
@@ -55,31 +52,7 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        # Bad rows, missing files and a wrong model name fail before Ray starts; Ray's start (about 5 s here,
-        # mostly waiting for its processes) then overlaps building an embedded model, loading the tokenizer
-        # and fitting the prompts to the context. Ray's processes end with the thread that started them, so
-        # Ray starts on this one and the preparation runs beside it.
-        apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)
-        train, held_out = load_prompt_sets(cfg, image_dir=self.run_dir / "images")
-        named_model = None if cfg.model.path in EMBEDDED_MODELS else prepare_model(cfg.model, self.run_dir, seed)
-        max_images = max((len(s.images) for s in train + held_out), default=0)
-
-        def prepare():
-            policy = prepare_policy(cfg, self.run_dir, named_model)
-            check_image_engine(cfg, max_images)
-            return policy, fit_to_context(cfg, policy, train, "train"), fit_to_context(cfg, policy, held_out, "held-out")
-
-        with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
-            preparing = pool.submit(prepare)
-            started_ray = cfg.engine.ray and start_ray(cfg)
-            try:
-                policy, self.train_samples, self.eval_samples = preparing.result()
-            except BaseException:
-                if started_ray:
-                    import ray
-
-                    ray.shutdown()
-                raise
+        policy, self.train_samples, self.eval_samples, max_images = prepare_run(cfg, self.run_dir)
         self.base_model_path, self.tokenizer_path = policy.model_path, policy.tokenizer_path
         self.prompts, self.pad_id = policy.prompts, policy.pad_id
         (self.run_dir / "config.yaml").write_text(config_yaml(cfg))  # as resolved (e.g. the engine auto chose)

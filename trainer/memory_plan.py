@@ -435,8 +435,9 @@ def _rollout(cfg: Config, shape: ModelShape, lengths: Lengths) -> RolePlan:
         kv = rollout.kv_cache_gib * GIB
         notes = [f"KV cache holds {kv // kv_token:,.0f} tokens"]
         parts = [Part("weights", "weights", weights), Part("kv_cache", "KV cache (rollout.kv_cache_gib)", kv)]
-        if tp == 1:  # the weights are kept beside their packed copy for in-place syncs (vllm_engine.py)
-            parts.insert(1, Part("weights_kept", "weights kept for in-place syncs", weights))
+        if tp == 1:  # linear weights are kept beside their packed copy for in-place syncs (vllm_engine.py)
+            kept = (shape.layers * shape.layer_params + shape.vision_params) * wb
+            parts.insert(1, Part("weights_kept", "linear weights kept for in-place syncs", kept))
         return RolePlan("rollout", label, on_gpu, parts, sharing, notes, engine=engine)
     budget = rollout.gpu_memory_utilization * cfg.resources.gpu_memory_gib * GIB
     runtime = VLLM_RUNTIME_GIB * GIB

@@ -2,8 +2,9 @@
 
 vLLM runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so new weights are
 handed over as tensors, with no disk round trip and no engine restart: on GPU with
-`reload_weights`; on CPU copied in place (see `_keep_cpu_linear_weights`). Tokenisation stays with the caller (`skip_tokenizer_init`), so
-prompts and responses are token ids on both engines.
+`reload_weights`, on CPU copied in place (`_keep_cpu_linear_weights`). Tokenisation
+stays with the caller (`skip_tokenizer_init`), so prompts and responses are token
+ids on both engines.
 
 With `tensor_parallel_size > 1` vLLM shards the model over that many worker
 processes of its own (the `mp` executor, inside this worker's GPUs or cores).
@@ -32,6 +33,10 @@ from pathlib import Path
 import torch
 
 from trainer.rollout.sampling import Completion, SamplingSpec
+
+# vLLM model types whose weights the CPU engine syncs in place (the dense decoders and the Qwen-VL models
+# run on vLLM's Transformers backend): their layers need nothing after loading but a repack.
+IN_PLACE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl")
 
 
 class _DropExpectedWarnings(logging.Filter):
@@ -83,32 +88,38 @@ class VLLMEngine:
                      "vllm.v1.worker.cpu_worker"):
             logging.getLogger(name).addFilter(_DropExpectedWarnings())
 
+        # One CPU engine in this process, of a family whose layers only need a repack after loading: weights
+        # are synced in place (_copy_in_place); others (MoE, MLA, state-space layers) through reload_weights.
+        model_type = json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
+        self.in_place = (not torch.cuda.is_available() and tensor_parallel_size == 1
+                         and model_type in IN_PLACE_MODEL_TYPES)
         # vLLM collects garbage several times while it builds, each pass over every object the imports made
         # (1.3-1.5 s of a 4.7-5.8 s build for SmolLM2 here); frozen, those objects are skipped (3.2-3.5 s).
         gc.freeze()
-        # One CPU engine in this process: weights are synced in place (_copy_in_place).
-        self.in_place = not torch.cuda.is_available() and tensor_parallel_size == 1
-        with _keep_cpu_linear_weights() if self.in_place else nullcontext():
-            self.llm = LLM(
-                model=model_path,
-                tokenizer=tokenizer or model_path,
-                dtype=dtype,
-                seed=seed,
-                max_model_len=max_model_len,
-                # The processor vLLM runs on images needs the tokenizer; text-only prompts arrive as ids.
-                skip_tokenizer_init=self.image_token_id is None,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_num_seqs=max_num_seqs,
-                enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
-                # Log-probs after temperature scaling, matching the actor's recomputation.
-                logprobs_mode="processed_logprobs",
-                enable_prefix_caching=False,
-                # Sleep mode needs CUDA's memory pool; the CPU build has no use for it.
-                enable_sleep_mode=sleep_mode and torch.cuda.is_available(),
-                tensor_parallel_size=tensor_parallel_size,
-                **({"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}),
-                **vision_kwargs,
-            )
+        try:
+            with _keep_cpu_linear_weights() if self.in_place else nullcontext():
+                self.llm = LLM(
+                    model=model_path,
+                    tokenizer=tokenizer or model_path,
+                    dtype=dtype,
+                    seed=seed,
+                    max_model_len=max_model_len,
+                    # The processor vLLM runs on images needs the tokenizer; text-only prompts arrive as ids.
+                    skip_tokenizer_init=self.image_token_id is None,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    max_num_seqs=max_num_seqs,
+                    enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
+                    # Log-probs after temperature scaling, matching the actor's recomputation.
+                    logprobs_mode="processed_logprobs",
+                    enable_prefix_caching=False,
+                    # Sleep mode needs CUDA's memory pool; the CPU build has no use for it.
+                    enable_sleep_mode=sleep_mode and torch.cuda.is_available(),
+                    tensor_parallel_size=tensor_parallel_size,
+                    **({"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}),
+                    **vision_kwargs,
+                )
+        finally:
+            gc.unfreeze()
         self.sleep_mode = sleep_mode and torch.cuda.is_available()
         # Per-request seeds make sampling independent of batching, but vLLM's CPU path fails on them
         # once a prompt batch is prefilled in chunks ("CPU Generator does not use offset"); on CPU the
@@ -254,9 +265,10 @@ class VLLMEngine:
         def read(worker):
             model = worker.model_runner.model
             out = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.numel() > 0}
+            packed = set(_packed_layers(model))
             with torch.no_grad():
                 for name, module in model.named_modules():
-                    if not hasattr(module, "cpu_linear"):
+                    if module not in packed:
                         continue
                     size = getattr(module, "input_size_per_partition", None) or module.weight.shape[1]
                     eye = torch.eye(size, dtype=module.weight.dtype)
@@ -306,11 +318,23 @@ def _copy_in_place(worker, named_tensors: list) -> None:
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
     model = worker.model_runner.model
-    params = dict(model.named_parameters(remove_duplicate=False))
-    aliases = params.keys() - dict(model.named_parameters()).keys()
+    aliases = dict(model.named_parameters(remove_duplicate=False)).keys() - dict(model.named_parameters()).keys()
     with torch.no_grad():
         loaded = model.load_weights((name, tensor) for name, tensor in named_tensors if name not in aliases)
-    changed = {params[name].data_ptr() for name in loaded if name in params}
-    for module in model.modules():
-        if hasattr(module, "cpu_linear") and module.weight.numel() > 0 and module.weight.data_ptr() in changed:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    # A loader that reports no names, or names no parameter has, is not trusted: everything is repacked.
+    changed = None if loaded is None or set(loaded) - params.keys() else {params[n].data_ptr() for n in loaded}
+    for module in _packed_layers(model):
+        if changed is None or module.weight.data_ptr() in changed:
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+
+
+def _packed_layers(model):
+    """The layers that compute with a packed copy of their weight (on CPU): linear layers and the LM head. An
+    input embedding gets a packed copy too, unused: its lookup reads the weight."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    for module in model.modules():
+        plain_embedding = isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead)
+        if hasattr(module, "cpu_linear") and not plain_embedding:
+            yield module

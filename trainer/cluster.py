@@ -11,18 +11,13 @@ from trainer.rollout.sampling import Completion, SamplingSpec
 from trainer.workers.group import WorkerGroup, init_ray
 
 
-def start_ray(cfg: Config) -> bool:
-    """Start Ray (or join ray.address) unless it is up; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
+def start_ray(cfg: Config) -> None:
+    """Start Ray (or join ray.address) unless it is up, sized for every role of `cfg`."""
     res = cfg.resources
     # Enough logical CPUs that every role can be placed at once, in any stage of this process
     # (a DPO stage adds a reference even when kl_coef is 0).
     needed = sum(r.num_cpus * r.count for r in (res.actor, res.rollout, res.reference))
     init_ray(cfg.ray.address, cfg.ray.num_cpus, needed)
-    return True
 
 
 class WorkerCluster:

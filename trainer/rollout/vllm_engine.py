@@ -265,11 +265,8 @@ class VLLMEngine:
         def read(worker):
             model = worker.model_runner.model
             out = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.numel() > 0}
-            packed = set(_packed_layers(model))
             with torch.no_grad():
-                for name, module in model.named_modules():
-                    if module not in packed:
-                        continue
+                for name, module in _packed_layers(model):
                     size = getattr(module, "input_size_per_partition", None) or module.weight.shape[1]
                     eye = torch.eye(size, dtype=module.weight.dtype)
                     out[f"{name}.weight"] = module.quant_method.apply(module, eye, bias=None).T.contiguous().cpu()
@@ -324,17 +321,17 @@ def _copy_in_place(worker, named_tensors: list) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     # A loader that reports no names, or names no parameter has, is not trusted: everything is repacked.
     changed = None if loaded is None or set(loaded) - params.keys() else {params[n].data_ptr() for n in loaded}
-    for module in _packed_layers(model):
+    for _, module in _packed_layers(model):
         if changed is None or module.weight.data_ptr() in changed:
             dispatch_cpu_unquantized_gemm(module, remove_weight=False)
 
 
 def _packed_layers(model):
-    """The layers that compute with a packed copy of their weight (on CPU): linear layers and the LM head. An
-    input embedding gets a packed copy too, unused: its lookup reads the weight."""
+    """(name, module) of the layers that compute with a packed copy of their weight (on CPU): linear layers
+    and the LM head. An input embedding gets a packed copy too, unused: its lookup reads the weight."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
-    for module in model.modules():
+    for name, module in model.named_modules():
         plain_embedding = isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead)
         if hasattr(module, "cpu_linear") and not plain_embedding:
-            yield module
+            yield name, module

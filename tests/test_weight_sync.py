@@ -79,10 +79,16 @@ def test_collective_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(
         spec = SamplingSpec(n=8, temperature=1.0, max_new_tokens=4, stop_token_ids=(), seed=11)
         assert len(trainer.workers.rollout.call("generate", long_prompts, spec)[0]) == 64 * 8
 
-        # A rollout worker that dies is reported by role and method, not as a bare Ray traceback (no
-        # replacement here: tests/test_guard.py replaces dead workers).
+        # On CPU the engine's sampler helpers run eagerly: nothing reached torch.compile in its process
+        # (inductor would build C++ for them on the first generate, 13 s on a fresh machine).
         import ray
 
+        engine_process = trainer.workers.rollout.workers[0]
+        frames = ray.get(engine_process.__ray_call__.remote(lambda _: dict(torch._dynamo.utils.counters["frames"])))
+        assert frames.get("total", 0) == 0, frames
+
+        # A rollout worker that dies is reported by role and method, not as a bare Ray traceback (no
+        # replacement here: tests/test_guard.py replaces dead workers).
         ray.kill(trainer.workers.rollout.workers[0])
         with pytest.raises(WorkerDiedError, match="rollout worker died during 'generate'"):
             trainer.step(2)

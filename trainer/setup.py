@@ -11,6 +11,7 @@ from data.schema import Sample
 from trainer.chat import ChatFormat
 from trainer.cluster import start_ray
 from trainer.config import Config
+from trainer.gc_pause import gc_paused
 from trainer.modeling import (EMBEDDED_MODELS, apply_offline_mode, context_length, load_tokenizer, prepare_model,
                               resolve_tokenizer_path)
 from trainer.prompt_sets import load_prompt_sets
@@ -67,6 +68,7 @@ def check_image_engine(cfg: Config, max_images: int) -> None:
         )
 
 
+@gc_paused()  # imports, tokenizer, data: trainer/gc_pause.py
 def prepare_run(cfg: Config, run_dir: Path) -> tuple[Policy, list[Sample], list[Sample], int]:
     """A training run's policy, its training and held-out prompts fitted to the context, and the most images
     in one prompt. With engine.ray, Ray starts meanwhile (5-6 s on 2 cores): bad rows, missing files and a

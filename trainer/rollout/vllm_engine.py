@@ -93,6 +93,11 @@ class VLLMEngine:
         model_type = json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
         self.in_place = (not torch.cuda.is_available() and tensor_parallel_size == 1
                          and model_type in IN_PLACE_MODEL_TYPES)
+        eager = not torch.cuda.is_available() if enforce_eager is None else enforce_eager
+        # Without compiled model graphs on CPU, vLLM still torch.compiles a sampler helper (the sampled token's
+        # rank, which the trainer never reads); inductor builds C++ for it on the first generate: 13 s on a
+        # fresh machine, 2 s from its cache. Eager, it costs nothing measurable.
+        self.force_eager = eager and not torch.cuda.is_available()
         # vLLM collects garbage several times while it builds, each pass over every object the imports made
         # (1.3-1.5 s of a 4.7-5.8 s build for SmolLM2 here); frozen, those objects are skipped (3.2-3.5 s).
         gc.freeze()
@@ -108,7 +113,7 @@ class VLLMEngine:
                     skip_tokenizer_init=self.image_token_id is None,
                     gpu_memory_utilization=gpu_memory_utilization,
                     max_num_seqs=max_num_seqs,
-                    enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
+                    enforce_eager=eager,
                     # Log-probs after temperature scaling, matching the actor's recomputation.
                     logprobs_mode="processed_logprobs",
                     enable_prefix_caching=False,
@@ -182,9 +187,10 @@ class VLLMEngine:
             )
             for index in indices
         ]
-        outputs = self.llm.generate(
-            [self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False
-        )
+        with torch.compiler.set_stance("force_eager") if self.force_eager else nullcontext():
+            outputs = self.llm.generate(
+                [self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False
+            )
         completions = []
         for prompt_index, prompt, item, output in zip(indices, prompts, media, outputs):
             if item is not None and list(output.prompt_token_ids) != list(prompt):

@@ -16,6 +16,7 @@ from trainer.algorithms.policy_loss import CLIP_PARAMS, PolicyInputs
 from trainer.algorithms.rollout_correction import correct_mismatch
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig, AlgorithmConfig
+from trainer.gc_pause import gc_paused
 from trainer.strategies.base import adamw
 from trainer.strategies.factory import make_strategy
 from trainer.modeling import chunked_head_calls, load_causal_lm, response_logprobs, use_prompt_cache
@@ -35,6 +36,7 @@ class ActorWorker:
     the controller starts `world_size` of them and calls `init_distributed` on all at once, and
     every method is then called on every rank with the same arguments (results from rank 0)."""
 
+    @gc_paused()  # imports and the model build: trainer/gc_pause.py
     def __init__(self, model_path: str, *, actor: ActorConfig, algorithm: AlgorithmConfig, dtype: str, seed: int, max_len: int,
                  rank: int = 0, world_size: int = 1):
         torch.set_num_threads(actor.threads)

@@ -6,6 +6,7 @@ import torch
 
 from trainer.batch import TrainBatch, plan_micro_batches
 from trainer.config import ActorConfig
+from trainer.gc_pause import gc_paused
 from trainer.modeling import load_causal_lm, response_logprobs, use_prompt_cache
 
 
@@ -14,6 +15,7 @@ class ReferenceWorker:
     (actor.micro_batch_size, actor.max_tokens_per_micro_batch, actor.logits_chunk_size,
     actor.share_prompt_forward)."""
 
+    @gc_paused()  # imports and the model build: trainer/gc_pause.py
     def __init__(self, model_path: str, *, dtype: str, micro_batch_size: int, threads: int,
                  max_tokens_per_micro_batch: int | None = None,
                  logits_chunk_size: int = ActorConfig.logits_chunk_size,

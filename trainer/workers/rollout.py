@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from trainer.gc_pause import gc_paused
 from trainer.rollout import ENGINES
 from trainer.rollout.sampling import Completion, SamplingSpec
 
 
 class RolloutWorker:
+    @gc_paused()  # imports and the model build: trainer/gc_pause.py
     def __init__(self, model_path: str, *, engine: str, dtype: str, seed: int, threads: int,
                  tokenizer: str | None = None, **engine_kwargs):
         """`tokenizer`: the trainer's tokenizer folder (model.tokenizer), when it is not the model's."""

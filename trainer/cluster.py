@@ -65,11 +65,12 @@ class WorkerCluster:
         cfg = self.cfg
         self._init_ray()
         self.policy_path = policy_path
-        # Actor and engines are built side by side (their imports and model loads overlap).
+        # Actor and engines are built side by side (their imports and model loads overlap); the engines,
+        # which take longer (vLLM's import and build), are asked for first.
         new_actor = self.actor is None
+        self.start_rollout(policy_path, max_model_len, wait=False)
         if new_actor:
             self.start_actor(policy_path, wait=False)
-        self.start_rollout(policy_path, max_model_len, wait=False)
         if cfg.algorithm.kl_coef > 0:
             self.reference = self.start_reference(policy_path, wait=False)
         if new_actor:

@@ -4,6 +4,7 @@
     python bench/bench_step.py --setting smollm2   [--steps 12] [--warmup 2] [key=value ...]
     python bench/bench_step.py --setting tiny --plain     # the same work in a plain single-process HF loop
     python bench/bench_step.py --setting tiny --standalone-vllm   # generation alone, a bare vLLM in-process
+    python bench/bench_step.py --setting smollm2 --steps 0 --warmup 0    # start-up to the first step only
 
 Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULTS.md's TRL comparison):
   tiny     the quickstart's embedded Qwen2, 16 prompts x 8 completions x <= 48 new tokens
@@ -65,6 +66,9 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
         started = time.time()
         trainer.evaluate()
         evaluated = time.time()
+        if steps + warmup == 0:  # start-up only: uses nothing newer than Trainer, so it also runs on old commits
+            print_startup(trainer, built, started, evaluated)
+            return
         rows, walls = [], []
         for step in range(warmup + steps):
             clock = time.time()
@@ -78,9 +82,7 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
     print(f"setting: rollout={cfg.rollout.engine} ray={cfg.engine.ray} weight_sync={trainer.workers.sync_path} "
           f"| {cfg.data.prompts_per_step} prompts x {cfg.rollout.n}, <= {cfg.rollout.max_new_tokens} new tokens, "
           f"{steps} timed steps after {warmup}")
-    print(f"start-up s:  imports + config + data {built - START:6.1f}   workers {started - built:6.1f}   "
-          f"evaluation ({len(trainer.eval_samples)} prompts) {evaluated - started:6.1f}   "
-          f"total {evaluated - START:6.1f}")
+    print_startup(trainer, built, started, evaluated)
     print("phase                 median s  (min-max)")
     for key in ("generate", "reward", "old_logprobs", "reference", "update", "wait_rollouts", "sync"):
         values = [r[f"time/{key}"] for r in rows if f"time/{key}" in r]
@@ -91,6 +93,12 @@ def run_trainer(cfg, steps: int, warmup: int) -> None:
     print(f"update tokens/s:      {statistics.median(r['throughput/update_tokens_per_s'] for r in rows):8.0f}")
     print(f"weight sync MB/step:  {sync_bytes / 2**20:8.1f}   (buckets of rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb:g})")
     print(f"mean response tokens: {statistics.median(r['response_len/mean'] for r in rows):8.1f}")
+
+
+def print_startup(trainer, built: float, started: float, evaluated: float) -> None:
+    print(f"start-up s:  imports + config + data {built - START:6.1f}   workers {started - built:6.1f}   "
+          f"evaluation ({len(trainer.eval_samples)} prompts) {evaluated - started:6.1f}   "
+          f"total {evaluated - START:6.1f}")
 
 
 def run_plain(cfg, steps: int, warmup: int) -> None:

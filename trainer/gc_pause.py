@@ -9,8 +9,9 @@ from contextlib import contextmanager
 @contextmanager
 def gc_paused():
     """Imports (torch, transformers, vLLM) and model builds allocate millions of objects that live as long as
-    the process, and every full collection meanwhile walks all of them again; they make few cycles to free.
-    The collector's state is restored on exit (it stays off if it was off)."""
+    the process, and every full collection meanwhile walks all of them again. They make little cyclic
+    garbage: after SmolLM2's HF load and vLLM build, a collection found 20 and 10,504 objects in cycles and
+    freed no memory. The collector's state is restored on exit (it stays off if it was off)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

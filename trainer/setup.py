@@ -71,7 +71,7 @@ def check_image_engine(cfg: Config, max_images: int) -> None:
 @gc_paused()  # imports, tokenizer, data: trainer/gc_pause.py
 def prepare_run(cfg: Config, run_dir: Path) -> tuple[Policy, list[Sample], list[Sample], int]:
     """A training run's policy, its training and held-out prompts fitted to the context, and the most images
-    in one prompt. With engine.ray, Ray starts meanwhile (5-6 s on 2 cores): bad rows, missing files and a
+    in one prompt. With engine.ray, Ray starts meanwhile (2.4-6 s on 2 cores): bad rows, missing files and a
     wrong model name fail first, then Ray starts on this thread (its processes end with the thread that
     started them) while another builds an embedded model, loads the tokenizer and fits the prompts."""
     apply_offline_mode(cfg.model.offline)  # before any hub call (model, tokenizer, data)

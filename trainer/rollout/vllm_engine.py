@@ -98,8 +98,9 @@ class VLLMEngine:
         # rank, which the trainer never reads); inductor builds C++ for it on the first generate: 13 s on a
         # fresh machine, 2 s from its cache. Eager, it costs nothing measurable.
         self.force_eager = eager and not torch.cuda.is_available()
-        # vLLM collects garbage several times while it builds, each pass over every object the imports made
-        # (1.3-1.5 s of a 4.7-5.8 s build for SmolLM2 here); frozen, those objects are skipped (3.2-3.5 s).
+        # vLLM calls gc.collect() several times while it builds (a paused collector, trainer/gc_pause.py, does
+        # not stop those), each a pass over every object the imports made: 1.5 s for SmolLM2 here, 0.1 s with
+        # those objects frozen.
         gc.freeze()
         try:
             with _keep_cpu_linear_weights() if self.in_place else nullcontext():

@@ -5,6 +5,7 @@
     python bench/bench_step.py --setting tiny --plain     # the same work in a plain single-process HF loop
     python bench/bench_step.py --setting tiny --standalone-vllm   # generation alone, a bare vLLM in-process
     python bench/bench_step.py --setting smollm2 --steps 0 --warmup 0    # start-up to the first step only
+    python bench/bench_step.py --setting smollm2 --judge-latency 0.3     # rewards from a judge over HTTP
 
 Settings (KL 0, no SFT, one optimiser step per rollout batch, as in bench/RESULTS.md's TRL comparison):
   tiny     the quickstart's embedded Qwen2, 16 prompts x 8 completions x <= 48 new tokens
@@ -14,7 +15,10 @@ rollout.async_steps=1: generation then overlaps the previous step, and wait_roll
 
 Prints the start-up split (workers, the evaluation before RL), then per phase the median seconds over
 the timed steps with their range, the step's wall time as the controller sees it, tokens/s and the
-bytes one weight sync moves. `--plain`
+bytes one weight sync moves. `--judge-latency S` swaps the math prompts and rule rewards for rubric-graded
+questions scored by the `rubric` reward through a judge on loopback HTTP that answers each request after S
+seconds (a remote judge's round trip, with no model behind it), so scoring costs as much as generating.
+`--plain`
 runs the same prompts, rewards and batch shape through `model.generate`, one log-prob forward (no
 old log-probs pass) and AdamW in this process: the in-repo baseline that a framework must beat.
 """
@@ -193,6 +197,44 @@ def run_standalone(cfg, steps: int, warmup: int) -> None:
     print(f"rollout tokens/s:     {statistics.median(t / w for t, w in zip(tokens, walls)):8.0f}")
 
 
+# Rubric-graded questions for --judge-latency, in the healthbench layout (data.preprocess=healthbench).
+JUDGE_RUBRICS = [{"criterion": "Gives the right sum", "points": 5}, {"criterion": "Shows the steps", "points": 3},
+                 {"criterion": "States a wrong number", "points": -2}]
+
+
+class RemoteJudge:
+    """The judge server's generator for --judge-latency: each reply comes after `latency` seconds, its verdict
+    a fixed function of the request (as a real judge's would be for the same request at temperature 0)."""
+
+    def __init__(self, latency: float):
+        self.latency = latency
+
+    def generate(self, messages, **_params) -> dict:
+        import hashlib
+
+        time.sleep(self.latency)
+        met = hashlib.sha256(repr(messages).encode()).digest()[0] % 2 == 0
+        return {"text": f'{{"met": {str(met).lower()}}}', "finish_reason": "stop", "prompt_tokens": 1,
+                "completion_tokens": 1}
+
+
+def judge_overrides(latency: float, workdir: str) -> list[str]:
+    """Config overrides for --judge-latency: the questions, the rubric reward, and a judge server started here."""
+    import json
+
+    from rewards.judge_server import create_app, serve_in_background
+
+    url, _ = serve_in_background(app=create_app(generator=RemoteJudge(latency), served_model_name="remote"))
+    rows = [{"prompt": f"What is {a} + {b}? Explain briefly.", "rubrics": JUDGE_RUBRICS}
+            for a in range(3, 11) for b in range(2, 10)]
+    path = os.path.join(workdir, "judged.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    judge = f"{{name: rubric, params: {{base_url: '{url}', model: remote, max_concurrency: 8}}}}"
+    return [f"data.train={path}", f"data.eval={path}", "data.preprocess=healthbench",
+            f"reward.tasks={{default: [{judge}]}}", "reward.accuracy_reward=rubric", "reward.correct_at={default: 0.5}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="tiny")
@@ -201,8 +243,12 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=200, help="held-out prompts evaluated before the first step")
     parser.add_argument("--plain", action="store_true", help="a plain single-process HF loop on the same work")
     parser.add_argument("--standalone-vllm", action="store_true", help="only generate, with a bare vLLM in-process")
+    parser.add_argument("--judge-latency", type=float, default=None,
+                        help="seconds per request of a judge over HTTP scoring rubric-graded questions")
     args, overrides = parser.parse_known_args()
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args.judge_latency is not None:
+        overrides = judge_overrides(args.judge_latency, tempfile.mkdtemp(prefix="bench-judge-")) + overrides
     cfg = config(args.setting, overrides, args.eval)
     run = run_plain if args.plain else run_standalone if args.standalone_vllm else run_trainer
     run(cfg, args.steps, args.warmup)

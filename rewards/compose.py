@@ -47,6 +47,35 @@ class RewardBatch:
     completions: list[str] | None = None
     failure_reasons: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def concat(cls, batches: list["RewardBatch"]) -> "RewardBatch":
+        """One batch of the completions of `batches`, in order (failures summed, the first reason kept)."""
+        names = sorted({name for batch in batches for name in batch.components})
+        failures: Counter[str] = Counter()
+        reasons: dict[str, str] = {}
+        for batch in batches:
+            failures.update(batch.failures)
+            for key, why in batch.failure_reasons.items():
+                reasons.setdefault(key, why)
+        texts = [batch.completions for batch in batches]
+        return cls(scores=[x for batch in batches for x in batch.scores],
+                   components={name: [x for batch in batches
+                                      for x in batch.components.get(name, [None] * len(batch.scores))]
+                               for name in names},
+                   details=[d for batch in batches for d in batch.details], failures=dict(failures),
+                   completions=None if any(t is None for t in texts) else [x for t in texts for x in t],
+                   failure_reasons=reasons)
+
+    def permuted(self, order: list[int]) -> "RewardBatch":
+        """The same completions, completion `order[i]` now at place i."""
+        if sorted(order) != list(range(len(self.scores))):
+            raise ValueError(f"order must be a permutation of {len(self.scores)} places")
+        return RewardBatch(scores=[self.scores[i] for i in order],
+                           components={name: [values[i] for i in order] for name, values in self.components.items()},
+                           details=[self.details[i] for i in order], failures=dict(self.failures),
+                           completions=None if self.completions is None else [self.completions[i] for i in order],
+                           failure_reasons=dict(self.failure_reasons))
+
 
 def accuracy_scores(batch: RewardBatch, accuracy_reward: str) -> list[float]:
     """Per completion, the score that decides whether it is correct: the accuracy reward's raw score

@@ -77,3 +77,24 @@ def test_length_mismatch():
     with RewardComposer(TASKS, num_workers=0) as composer:
         with pytest.raises(ValueError):
             composer.score([GOOD_RIGHT], [])
+
+
+def test_batches_scored_in_parts_join_and_reorder_to_the_whole_batch():
+    texts = [GOOD_RIGHT, GOOD_WRONG, BAD_RIGHT, BAD_RIGHT]
+    owners = [sample("math"), sample("math"), sample("math"), sample("other")]
+    with RewardComposer(TASKS, num_workers=0) as composer:
+        whole = composer.score(texts, owners)
+        # Parts as an engine might finish them: completions 2 and 0 first, then 3 and 1.
+        first, second = composer.score([texts[2], texts[0]], [owners[2], owners[0]]), \
+            composer.score([texts[3], texts[1]], [owners[3], owners[1]])
+    first.failures, first.failure_reasons = {"format/error": 1}, {"format/error": "boom"}
+    second.failures, second.failure_reasons = {"format/error": 2}, {"format/error": "later"}
+    joined = type(whole).concat([first, second])
+    assert joined.scores == pytest.approx([0.0, 1.2, 0.5, 0.2])
+    assert joined.failures == {"format/error": 3} and joined.failure_reasons == {"format/error": "boom"}
+    back = joined.permuted([1, 3, 0, 2])  # place i takes completion order[i]
+    assert back.scores == pytest.approx(whole.scores)
+    assert back.components == whole.components and back.completions == whole.completions
+    assert [d["task"] for d in back.details] == ["math", "math", "math", "other"]
+    with pytest.raises(ValueError, match="permutation of 4"):
+        joined.permuted([0, 0, 1, 2])

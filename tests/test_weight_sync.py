@@ -90,7 +90,7 @@ def test_collective_into_vllm_in_buckets_and_old_logprobs_with_two_mini_batches(
         # A rollout worker that dies is reported by role and method, not as a bare Ray traceback (no
         # replacement here: tests/test_guard.py replaces dead workers).
         ray.kill(trainer.workers.rollout.workers[0])
-        with pytest.raises(WorkerDiedError, match="rollout worker died during 'generate'"):
+        with pytest.raises(WorkerDiedError, match="rollout worker died during 'generate_stream'"):
             trainer.step(2)
     finally:
         trainer.close()

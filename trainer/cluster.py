@@ -4,11 +4,13 @@ the replacement of a rollout or reference worker that died (docs/reliability.md)
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from trainer.config import Config
 from trainer.rollout.sampling import Completion, SamplingSpec
-from trainer.workers.group import WorkerGroup, init_ray
+from trainer.workers.group import WorkerDiedError, WorkerGroup, init_ray
 
 
 def start_ray(cfg: Config) -> None:
@@ -146,15 +148,30 @@ class WorkerCluster:
                  media: list | None = None) -> list[Completion]:
         """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
         `media[i]` carries prompt i's images."""
+        done = [c for part in self.generate_stream(prompts, spec, first_index, media) for c in part]
+        return sorted(done, key=lambda c: c.prompt_index)  # stable: each prompt's n keep their order
+
+    def generate_stream(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
+                        media: list | None = None) -> Iterator[list[Completion]]:
+        """`generate` in parts as the engines finish prompts; a part holds all n completions of each prompt
+        it names, and every prompt comes in exactly one part. When an engine dies, the prompts not yet
+        handed out are generated again, with the same seeds, on its replacement."""
         if media is None:
             indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
         else:
             indexed = [(first_index + i, p, m) for i, (p, m) in enumerate(zip(prompts, media))]
-        completions = self._recovering("rollout", lambda: self.rollout.scatter("generate", indexed, spec))
-        expected = [first_index + i for i in range(len(prompts)) for _ in range(spec.n)]
-        if [c.prompt_index for c in completions] != expected:
-            raise RuntimeError("rollout returned completions out of prompt order")
-        return completions
+        while indexed:
+            try:
+                for part in self.rollout.stream("generate_stream", indexed, spec):
+                    counts = Counter(c.prompt_index for c in part)
+                    if not counts.keys() <= {item[0] for item in indexed} or set(counts.values()) != {spec.n}:
+                        raise RuntimeError("rollout returned a part that is not whole prompts of this call")
+                    indexed = [item for item in indexed if item[0] not in counts]
+                    yield part
+                if indexed:
+                    raise RuntimeError(f"rollout returned no completions for {len(indexed)} prompts")
+            except WorkerDiedError as error:
+                self._restart(error, "rollout")
 
     def sleep_rollout(self) -> None:
         """Free the rollout engines' GPU memory for the actor (colocated on GPUs only)."""
@@ -226,19 +243,22 @@ class WorkerCluster:
         """`call()`, and again after replacing `role`'s workers each time one dies (up to
         trainer.max_worker_restarts in the run). Each call is a whole unit (a generate with its seeds, a
         weight push), so repeating it neither loses nor repeats work."""
-        from trainer.console import say
-        from trainer.workers.group import WorkerDiedError
-
         while True:
             try:
                 return call()
             except WorkerDiedError as error:
-                if error.role != role or self.restarts >= self.cfg.trainer.max_worker_restarts:
-                    raise
-                self.restarts += 1
-                say(f"[recovery] {error}; restarting the {role} workers "
-                    f"({self.restarts} of trainer.max_worker_restarts={self.cfg.trainer.max_worker_restarts})")
-                self._replace(role)
+                self._restart(error, role)
+
+    def _restart(self, error: WorkerDiedError, role: str) -> None:
+        """Replace `role`'s workers after `error`, or raise it: another role died, or the restarts are spent."""
+        from trainer.console import say
+
+        if error.role != role or self.restarts >= self.cfg.trainer.max_worker_restarts:
+            raise error
+        self.restarts += 1
+        say(f"[recovery] {error}; restarting the {role} workers "
+            f"({self.restarts} of trainer.max_worker_restarts={self.cfg.trainer.max_worker_restarts})")
+        self._replace(role)
 
     def _replace(self, role: str) -> None:
         """New `role` workers from the run's policy folder; rollout engines then get the actor's current weights."""

@@ -1,13 +1,15 @@
-"""Rollout collection: prompts in, scored `Rollouts` out. Generate -> decode -> score is written once
-(`sample`), and every mode of collecting builds on it: one round of n completions per prompt (per
+"""Rollout collection: prompts in, scored `Rollouts` out. Generate -> decode -> rate is written once
+(`generate_rated`, rating each part of the engines' output while they decode the rest), and every mode of collecting builds on it: one round of n completions per prompt (per
 thinking mode for BPO, or multi-turn dialogues), dynamic sampling over rounds (`collect`), greedy
 evaluation, DPO pairs and the data filter."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from data.schema import Sample
+from rewards.compose import RewardBatch
 from trainer.cluster import WorkerCluster
 from trainer.config import Config
 from trainer.prompts import PromptRenderer
@@ -27,23 +29,40 @@ class RolloutCollector:
 
             self.simulator = PatientSimulator(self.cfg.rollout.multiturn, policy_path)
 
-    def sample(self, samples: list[Sample], spec: SamplingSpec, mode: str = "", first_index: int = 0,
-               score: bool = True) -> Rollouts:
-        """spec.n completions per sample, generated with the prompts' images, decoded for rewards and
-        scored. `mode` forces a thinking-mode prefix (BPO); `first_index` keeps seeds distinct across calls."""
+    def sample(self, samples: list[Sample], spec: SamplingSpec, mode: str = "", first_index: int = 0) -> Rollouts:
+        """spec.n scored completions per sample (no group transforms: evaluation, DPO pairs, the data filter)."""
+        rollouts, rated = self.generate_rated(samples, spec, mode, first_index)
+        return self.scorer.score(rollouts, group_transforms=False, rated=rated)
+
+    def generate_rated(self, samples: list[Sample], spec: SamplingSpec, mode: str = "",
+                       first_index: int = 0) -> tuple[Rollouts, RewardBatch]:
+        """spec.n completions per sample, generated with the prompts' images and decoded, grouped by prompt,
+        with their rewards before group transforms. The engines hand completions out as prompts finish, and
+        each part is rated on a second thread while they decode the rest, so only the last part's rewards
+        wait after generation. `mode` forces a thinking-mode prefix (BPO); `first_index` keeps seeds
+        distinct across calls."""
         clock = time.time()
         prefix = self.cfg.rollout.mode_prefixes[mode] if mode else ""
         prefix_ids = self.prompts.text_ids(prefix)
         prompt_ids = [self.prompts.ids(s) + prefix_ids for s in samples]
         media = self.prompts.media_of(samples)
-        completions = self.workers.generate(prompt_ids, spec, first_index, media=media)
-        out = Rollouts(samples=samples, media=media)
-        for c in completions:
-            group = c.prompt_index - first_index
-            text = self.prompts.response_text(samples[group], c, prefix)
-            out.items.append(Rollout(group=group, prompt_ids=prompt_ids[group], completion=c, text=text, mode=mode))
-        out.seconds["generate"] = time.time() - clock
-        return self.scorer.score(out, group_transforms=False) if score else out
+        items, rating = [], []
+        with ThreadPoolExecutor(1, thread_name_prefix="rewards") as rater:
+            for part in self.workers.generate_stream(prompt_ids, spec, first_index, media=media):
+                new = []
+                for c in part:
+                    group = c.prompt_index - first_index
+                    text = self.prompts.response_text(samples[group], c, prefix)
+                    new.append(Rollout(group=group, prompt_ids=prompt_ids[group], completion=c, text=text, mode=mode))
+                items += new
+                rating.append(rater.submit(self.scorer.rate, [r.text for r in new], [samples[r.group] for r in new]))
+            generated = time.time()
+            rated = RewardBatch.concat([future.result() for future in rating])
+        order = sorted(range(len(items)), key=lambda i: items[i].group)  # stable: a prompt's n keep their order
+        out = Rollouts(samples=samples, media=media, items=[items[i] for i in order])
+        out.seconds["generate"] = generated - clock
+        out.seconds["reward"] = time.time() - generated  # what rating added after the last part
+        return out, rated.permuted(order)
 
     def round(self, samples: list[Sample], seed: int) -> Rollouts:
         """n scored completions per prompt (per mode, for BPO; dialogues, for multi-turn), grouped by prompt."""
@@ -57,13 +76,13 @@ class RolloutCollector:
 
             return self.scorer.score(dialogues(self.prompts, self.workers, self.simulator, samples, spec))
         modes = rollout.modes or [""]
-        parts = [self.sample(samples, spec, mode, first_index=k * len(samples), score=False)
-                 for k, mode in enumerate(modes)]
-        out = parts[0]
-        for part in parts[1:]:  # every mode answers the same prompts: one group per prompt
+        parts = [self.generate_rated(samples, spec, mode, first_index=k * len(samples)) for k, mode in enumerate(modes)]
+        out = parts[0][0]
+        for part, _ in parts[1:]:  # every mode answers the same prompts: one group per prompt
             out.items += part.items
-            out.seconds["generate"] += part.seconds["generate"]
-        return self.scorer.score(out)
+            for key, seconds in part.seconds.items():
+                out.seconds[key] += seconds
+        return self.scorer.score(out, rated=RewardBatch.concat([rated for _, rated in parts]))
 
     def collect(self, step: int) -> tuple[Rollouts, dict[str, float]]:
         """One step's rollouts; with dynamic sampling, rounds continue until enough groups have reward variance."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from rewards.compose import RewardComposer, accuracy_scores
+from data.schema import Sample
+from rewards.compose import RewardBatch, RewardComposer, accuracy_scores
 from trainer.config import RewardConfig
 from trainer.rollouts import Rollouts
 
@@ -20,12 +21,20 @@ class Scorer:
         self.composer = RewardComposer(cfg.tasks, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s,
                                        group_transforms=cfg.group_transforms or None)
 
-    def score(self, rollouts: Rollouts, group_transforms: bool = True) -> Rollouts:
+    def rate(self, texts: list[str], owners: list[Sample]) -> RewardBatch:
+        """Each text's reward mix for its sample's task, before group transforms (safe to run on another
+        thread while the engines generate: trainer/collect.py)."""
+        return self.composer.score(texts, owners)
+
+    def score(self, rollouts: Rollouts, group_transforms: bool = True, rated: RewardBatch | None = None) -> Rollouts:
         """Fill in each rollout's score, reward terms and correctness (the accuracy reward reaching
-        `reward.correct_at` for its task, 1.0 by default); `group_transforms=False` for evaluation."""
+        `reward.correct_at` for its task, 1.0 by default); `group_transforms=False` for evaluation.
+        `rated`: the items' `rate`, when already computed."""
         clock = time.time()
         owners = rollouts.owners()
-        scored = self.composer.score([r.text for r in rollouts.items], owners)
+        scored = rated if rated is not None else self.rate([r.text for r in rollouts.items], owners)
+        if len(scored.scores) != len(rollouts.items):
+            raise ValueError(f"{len(scored.scores)} rated completions for {len(rollouts.items)} rollouts")
         values = accuracy_scores(scored, self.cfg.accuracy_reward)
         correct = [v >= self.cfg.correct_at.get(s.task, 1.0) for v, s in zip(values, owners)]
         if group_transforms and self.cfg.group_transforms:

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -37,6 +38,8 @@ from trainer.rollout.sampling import Completion, SamplingSpec
 # vLLM model types whose weights the CPU engine syncs in place (the dense decoders and the Qwen-VL models
 # run on vLLM's Transformers backend): their layers need nothing after loading but a repack.
 IN_PLACE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl")
+# generate_stream hands a call's completions back in about this many parts as prompts finish.
+STREAM_PARTS = 8
 
 
 class _DropExpectedWarnings(logging.Filter):
@@ -166,6 +169,16 @@ class VLLMEngine:
         media: list | None = None,
     ) -> list[Completion]:
         """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
+        done = [c for part in self.generate_stream(prompts, spec, indices, media) for c in part]
+        place = {index: k for k, index in enumerate(range(len(prompts)) if indices is None else indices)}
+        return sorted(done, key=lambda c: place[c.prompt_index])  # stable: each prompt's n stay in order
+
+    def generate_stream(
+        self, prompts: list[list[int]], spec: SamplingSpec, indices: list[int] | None = None,
+        media: list | None = None, parts: int = STREAM_PARTS,
+    ) -> Iterator[list[Completion]]:
+        """`generate`, handed out as prompts finish: about `parts` lists, each holding all n completions of
+        the prompts it names, so the caller scores early ones while the engine decodes the rest."""
         from vllm import SamplingParams
 
         indices = list(range(len(prompts))) if indices is None else indices
@@ -188,29 +201,39 @@ class VLLMEngine:
             )
             for index in indices
         ]
+        # The requests LLM.generate would add, then its engine loop, run here so finished prompts leave early.
+        engine = self.llm.llm_engine
         with torch.compiler.set_stance("force_eager") if self.force_eager else nullcontext():
-            outputs = self.llm.generate(
-                [self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False
+            request_ids = self.llm.enqueue([self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False)
+            # enqueue returns the engine's ids: the id an output carries, "-", a random suffix.
+            place = {request_id.split("-", 1)[0]: k for k, request_id in enumerate(request_ids)}
+            unfinished, finished = set(request_ids), []
+            every = max(1, -(-len(prompts) // parts))
+            try:
+                while engine.has_unfinished_requests():
+                    finished += [output for output in engine.step() if output.finished]
+                    if finished and (len(finished) >= every or not engine.has_unfinished_requests()):
+                        ready, finished = [(output, place[output.request_id]) for output in finished], []
+                        unfinished.difference_update(request_ids[k] for _, k in ready)
+                        yield [c for output, k in ready
+                               for c in self._completions(output, indices[k], prompts[k], media[k])]
+            finally:  # a caller that stops early (or an error) leaves no request behind in the engine
+                if unfinished:
+                    engine.abort_request(list(unfinished), internal=True)
+
+    def _completions(self, output, prompt_index: int, prompt: list[int], item) -> list[Completion]:
+        if item is not None and list(output.prompt_token_ids) != list(prompt):
+            raise ValueError(
+                f"sample {item.source}: vLLM's processor expanded its images to "
+                f"{list(output.prompt_token_ids).count(self.image_token_id)} image tokens, the trainer's to "
+                f"{list(prompt).count(self.image_token_id)} (the two processors resize images differently)"
             )
         completions = []
-        for prompt_index, prompt, item, output in zip(indices, prompts, media, outputs):
-            if item is not None and list(output.prompt_token_ids) != list(prompt):
-                raise ValueError(
-                    f"sample {item.source}: vLLM's processor expanded its images to "
-                    f"{list(output.prompt_token_ids).count(self.image_token_id)} image tokens, the trainer's to "
-                    f"{list(prompt).count(self.image_token_id)} (the two processors resize images differently)"
-                )
-            for sample in output.outputs:
-                token_ids = list(sample.token_ids)
-                logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs or [], token_ids)]
-                completions.append(
-                    Completion(
-                        prompt_index=prompt_index,
-                        token_ids=token_ids,
-                        logprobs=logprobs,
-                        finished=sample.finish_reason == "stop",
-                    )
-                )
+        for sample in output.outputs:
+            token_ids = list(sample.token_ids)
+            logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs or [], token_ids)]
+            completions.append(Completion(prompt_index=prompt_index, token_ids=token_ids, logprobs=logprobs,
+                                          finished=sample.finish_reason == "stop"))
         return completions
 
     def _prompt(self, token_ids: list[int], media):

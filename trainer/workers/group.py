@@ -9,7 +9,7 @@ role and index instead of a bare Ray traceback.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from trainer.config import RoleResources
 
@@ -150,6 +150,30 @@ class WorkerGroup:
         shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
         refs = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
         return [x for part in self._get(refs, method) for x in part]
+
+    def stream(self, method: str, items: list, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Like `scatter` for a generator `method`: each part it yields, from whichever worker has one
+        first (in-process: in the order the worker yields them)."""
+        if not self.use_ray:
+            yield from getattr(self.workers[0], method)(items, *args, **kwargs)
+            return
+        import ray
+
+        size = -(-len(items) // len(self.workers))
+        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
+        running = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
+        try:
+            while running:
+                ready, _ = ray.wait(running, num_returns=1)
+                for parts in ready:
+                    try:
+                        ref = next(parts)
+                    except StopIteration:
+                        running.remove(parts)
+                        continue
+                    yield self._get([ref], method)[0]
+        except ray.exceptions.RayActorError as error:  # raised by next() when the worker died before a part
+            raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
 
     def shutdown(self, close_timeout_s: float = 30.0) -> None:
         """Let workers with a `close` method release what outlives them (files in /dev/shm), then stop them."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from trainer.gc_pause import gc_paused
@@ -20,12 +22,25 @@ class RolloutWorker:
     def generate(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> list[Completion]:
         """(index, token ids[, media]) items: the index is the prompt's place in the whole step, so seeds
         and results do not depend on sharding; media (trainer.vision.Media) carries its images."""
-        indices = [item[0] for item in indexed_prompts]
-        prompts = [item[1] for item in indexed_prompts]
+        prompts, indices, media = self._unpack(indexed_prompts)
+        if media is None:  # engines without images need not take the argument
+            return self.engine.generate(prompts, spec, indices)
+        return self.engine.generate(prompts, spec, indices, media=media)
+
+    def generate_stream(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> Iterator[list[Completion]]:
+        """`generate` in parts as prompts finish (each part holds whole prompts), from engines that stream
+        (vLLM); others hand back one part."""
+        if hasattr(self.engine, "generate_stream"):
+            prompts, indices, media = self._unpack(indexed_prompts)
+            yield from self.engine.generate_stream(prompts, spec, indices, media)
+        else:
+            yield self.generate(indexed_prompts, spec)
+
+    @staticmethod
+    def _unpack(indexed_prompts: list[tuple]) -> tuple[list, list, list | None]:
         media = [item[2] if len(item) > 2 else None for item in indexed_prompts]
-        if any(m is not None for m in media):
-            return self.engine.generate(prompts, spec, indices, media=media)
-        return self.engine.generate(prompts, spec, indices)
+        return ([item[1] for item in indexed_prompts], [item[0] for item in indexed_prompts],
+                media if any(m is not None for m in media) else None)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)

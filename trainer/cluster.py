@@ -4,7 +4,6 @@ the replacement of a rollout or reference worker that died (docs/reliability.md)
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -149,29 +148,34 @@ class WorkerCluster:
         """n completions per prompt, in prompt order; `first_index` keeps seeds distinct across calls of a step.
         `media[i]` carries prompt i's images."""
         done = [c for part in self.generate_stream(prompts, spec, first_index, media) for c in part]
-        return sorted(done, key=lambda c: c.prompt_index)  # stable: each prompt's n keep their order
+        return sorted(done, key=lambda c: (c.prompt_index, c.sample))
 
     def generate_stream(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
                         media: list | None = None) -> Iterator[list[Completion]]:
-        """`generate` in parts as the engines finish prompts; a part holds all n completions of each prompt
-        it names, and every prompt comes in exactly one part. When an engine dies, the prompts not yet
-        handed out are generated again, with the same seeds, on its replacement."""
+        """`generate` in parts as the engines finish completions; each of a prompt's n completions comes
+        once. When an engine dies, the prompts not yet wholly handed out are generated again, with the same
+        seeds, on its replacement, and only their missing completions are kept."""
         if media is None:
             indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
         else:
             indexed = [(first_index + i, p, m) for i, (p, m) in enumerate(zip(prompts, media))]
-        while indexed:
+        expected = {(item[0], j) for item in indexed for j in range(spec.n)}
+        missing = set(expected)
+        while missing:
             try:
                 for part in self.rollout.stream("generate_stream", indexed, spec):
-                    counts = Counter(c.prompt_index for c in part)
-                    if not counts.keys() <= {item[0] for item in indexed} or set(counts.values()) != {spec.n}:
-                        raise RuntimeError("rollout returned a part that is not whole prompts of this call")
-                    indexed = [item for item in indexed if item[0] not in counts]
-                    yield part
-                if indexed:
-                    raise RuntimeError(f"rollout returned no completions for {len(indexed)} prompts")
+                    keys = [(c.prompt_index, c.sample) for c in part]
+                    if len(set(keys)) != len(keys) or not set(keys) <= expected:
+                        raise RuntimeError("rollout returned completions that are not this call's")
+                    fresh = [c for c, key in zip(part, keys) if key in missing]
+                    missing.difference_update(keys)
+                    if fresh:
+                        yield fresh
+                if missing:
+                    raise RuntimeError(f"rollout returned {len(missing)} completions too few")
             except WorkerDiedError as error:
                 self._restart(error, "rollout")
+                indexed = [item for item in indexed if any((item[0], j) in missing for j in range(spec.n))]
 
     def sleep_rollout(self) -> None:
         """Free the rollout engines' GPU memory for the actor (colocated on GPUs only)."""

@@ -33,3 +33,5 @@ class Completion:
     "False when generation hit max_new_tokens."
     loss_mask: list[int] | None = None
     "Per response token, 1 where the policy produced it (multi-turn responses interleave simulator turns)."
+    sample: int = 0
+    "Which of the prompt's n completions this is (0 to n - 1)."

@@ -171,70 +171,70 @@ class VLLMEngine:
         """`media[i]` (trainer.vision.Media or None) holds prompt i's images."""
         done = [c for part in self.generate_stream(prompts, spec, indices, media) for c in part]
         place = {index: k for k, index in enumerate(range(len(prompts)) if indices is None else indices)}
-        return sorted(done, key=lambda c: place[c.prompt_index])  # stable: each prompt's n stay in order
+        return sorted(done, key=lambda c: (place[c.prompt_index], c.sample))
 
     def generate_stream(
         self, prompts: list[list[int]], spec: SamplingSpec, indices: list[int] | None = None,
         media: list | None = None, parts: int = STREAM_PARTS,
     ) -> Iterator[list[Completion]]:
-        """`generate`, handed out as prompts finish: about `parts` lists, each holding all n completions of
-        the prompts it names, so the caller scores early ones while the engine decodes the rest."""
+        """`generate`, handed out as completions finish, in about `parts` lists, so the caller scores early
+        ones while the engine decodes the rest."""
         from vllm import SamplingParams
 
         indices = list(range(len(prompts))) if indices is None else indices
         media = media or [None] * len(prompts)
         if any(m is not None for m in media) and self.image_token_id is None:
             raise ValueError(f"sample {next(m for m in media if m).source}: has images but the rollout model is text-only")
+        # One request per completion (what vLLM makes of n > 1 inside, seeds included), so each leaves when done.
         params = [
             SamplingParams(
-                n=spec.n,
+                n=1,
                 temperature=spec.temperature,
                 top_p=spec.top_p,
                 top_k=spec.top_k if spec.top_k > 0 else -1,
                 max_tokens=spec.max_new_tokens,
                 stop_token_ids=list(spec.stop_token_ids),
                 logprobs=0,
-                seed=spec.seed + index if self.per_request_seeds else None,
+                seed=spec.seed + index + sample if self.per_request_seeds else None,
                 detokenize=False,
                 # -100 is vLLM's floor for a bias; it takes those tokens' probability to about e^-100.
                 logit_bias={token: -100.0 for token in self.banned_tokens} or None,
             )
-            for index in indices
+            for index in indices for sample in range(spec.n)
         ]
-        # The requests LLM.generate would add, then its engine loop, run here so finished prompts leave early.
+        rendered = [self._prompt(p, m) for p, m in zip(prompts, media)]
+        # LLM.generate's enqueue and engine loop, run here so that finished completions leave early.
         engine = self.llm.llm_engine
         with torch.compiler.set_stance("force_eager") if self.force_eager else nullcontext():
-            request_ids = self.llm.enqueue([self._prompt(p, m) for p, m in zip(prompts, media)], params, use_tqdm=False)
+            request_ids = self.llm.enqueue([r for r in rendered for _ in range(spec.n)], params, use_tqdm=False)
             # enqueue returns the engine's ids: the id an output carries, "-", a random suffix.
-            place = {request_id.split("-", 1)[0]: k for k, request_id in enumerate(request_ids)}
+            place = {request_id.split("-", 1)[0]: divmod(r, spec.n) for r, request_id in enumerate(request_ids)}
             unfinished, finished = set(request_ids), []
-            every = max(1, -(-len(prompts) // parts))
+            every = max(1, -(-len(request_ids) // parts))
             try:
                 while engine.has_unfinished_requests():
                     finished += [output for output in engine.step() if output.finished]
                     if finished and (len(finished) >= every or not engine.has_unfinished_requests()):
-                        ready, finished = [(output, place[output.request_id]) for output in finished], []
-                        unfinished.difference_update(request_ids[k] for _, k in ready)
-                        yield [c for output, k in ready
-                               for c in self._completions(output, indices[k], prompts[k], media[k])]
+                        ready, finished = [(output, *place[output.request_id]) for output in finished], []
+                        unfinished.difference_update(request_ids[k * spec.n + j] for _, k, j in ready)
+                        yield [self._completion(output, indices[k], j, prompts[k], media[k])
+                               for output, k, j in ready]
             finally:  # a caller that stops early (or an error) leaves no request behind in the engine
                 if unfinished:
                     engine.abort_request(list(unfinished), internal=True)
 
-    def _completions(self, output, prompt_index: int, prompt: list[int], item) -> list[Completion]:
+    def _completion(self, output, prompt_index: int, sample: int, prompt: list[int], item) -> Completion:
         if item is not None and list(output.prompt_token_ids) != list(prompt):
             raise ValueError(
                 f"sample {item.source}: vLLM's processor expanded its images to "
                 f"{list(output.prompt_token_ids).count(self.image_token_id)} image tokens, the trainer's to "
                 f"{list(prompt).count(self.image_token_id)} (the two processors resize images differently)"
             )
-        completions = []
-        for sample in output.outputs:
-            token_ids = list(sample.token_ids)
-            logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs or [], token_ids)]
-            completions.append(Completion(prompt_index=prompt_index, token_ids=token_ids, logprobs=logprobs,
-                                          finished=sample.finish_reason == "stop"))
-        return completions
+        (out,) = output.outputs
+        token_ids = list(out.token_ids)
+        logprobs = [step[tok].logprob for step, tok in zip(out.logprobs or [], token_ids)]
+        return Completion(prompt_index=prompt_index, token_ids=token_ids, logprobs=logprobs,
+                          finished=out.finish_reason == "stop", sample=sample)
 
     def _prompt(self, token_ids: list[int], media):
         from vllm.inputs import TokensPrompt

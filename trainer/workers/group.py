@@ -146,9 +146,7 @@ class WorkerGroup:
         """Split `items` into contiguous shards, one per worker; concatenate the list results in order."""
         if len(self.workers) == 1:
             return self.call(method, items, *args, **kwargs)[0]
-        size = -(-len(items) // len(self.workers))
-        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
-        refs = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
+        refs = [getattr(w, method).remote(s, *args, **kwargs) for w, s in self._shards(items)]
         return [x for part in self._get(refs, method) for x in part]
 
     def stream(self, method: str, items: list, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -159,9 +157,7 @@ class WorkerGroup:
             return
         import ray
 
-        size = -(-len(items) // len(self.workers))
-        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
-        running = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
+        running = [getattr(w, method).remote(s, *args, **kwargs) for w, s in self._shards(items)]
         try:
             while running:
                 ready, _ = ray.wait(running, num_returns=1)
@@ -174,6 +170,12 @@ class WorkerGroup:
                     yield self._get([ref], method)[0]
         except ray.exceptions.RayActorError as error:  # raised by next() when the worker died before a part
             raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
+
+    def _shards(self, items: list) -> list[tuple[Any, list]]:
+        """(worker, its contiguous share of `items`) for each worker with a non-empty share."""
+        size = -(-len(items) // len(self.workers))
+        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
+        return [(worker, shard) for worker, shard in zip(self.workers, shards) if shard]
 
     def shutdown(self, close_timeout_s: float = 30.0) -> None:
         """Let workers with a `close` method release what outlives them (files in /dev/shm), then stop them."""

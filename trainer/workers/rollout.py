@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -28,13 +29,14 @@ class RolloutWorker:
         return self.engine.generate(prompts, spec, indices, media=media)
 
     def generate_stream(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> Iterator[list[Completion]]:
-        """`generate` in parts as prompts finish (each part holds whole prompts), from engines that stream
-        (vLLM); others hand back one part."""
+        """`generate` in parts as completions finish, from engines that stream (vLLM); others hand back one
+        part, each prompt's completions numbered in order (Completion.sample)."""
         if hasattr(self.engine, "generate_stream"):
             prompts, indices, media = self._unpack(indexed_prompts)
             yield from self.engine.generate_stream(prompts, spec, indices, media)
         else:
-            yield self.generate(indexed_prompts, spec)
+            completions = self.generate(indexed_prompts, spec)
+            yield [replace(c, sample=j % spec.n) for j, c in enumerate(completions)]
 
     @staticmethod
     def _unpack(indexed_prompts: list[tuple]) -> tuple[list, list, list | None]:

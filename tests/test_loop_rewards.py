@@ -64,3 +64,27 @@ def test_in_process_steps_with_reference_transforms_and_weighting(tmp_path):
     # Step 0 updates from the reference weights themselves: KL is exactly zero on its first mini-batch
     # and small after; by step 1 the policy has moved away from the reference.
     assert 0.0 <= first["actor/kl"] < second["actor/kl"]
+
+
+def test_in_process_rewards_still_time_out_while_rated_beside_generation(tmp_path):
+    # reward.num_workers=0 runs rewards in the controller, where only the main thread gets SIGALRM: the
+    # collector rates there while a second thread receives the completions (trainer/collect.py).
+    from trainer.recipe_config import compose_config
+    from trainer.rollout.sampling import SamplingSpec
+
+    cfg = compose_config([
+        f"trainer.output_dir={tmp_path}", "engine.ray=false", "rollout.engine=hf", "sft.steps=0",
+        "data.num_train=8", "data.num_eval=2", "data.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=4",
+        "actor.mini_batch_size=4", "actor.micro_batch_size=4", "reward.num_workers=0", "reward.timeout_s=0.2",
+        "tracking.wandb.mode=disabled", "tracking.console=false",
+        "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_sleep', params: {seconds: 3.0}}]}",
+    ])
+    trainer = Trainer(cfg)
+    try:
+        trainer.start_workers(trainer.base_model_path)
+        spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=4, stop_token_ids=trainer.prompts.chat.stop_ids)
+        rollouts = trainer.collector.sample(trainer.train_samples[:2], spec)
+    finally:
+        trainer.close()
+    assert rollouts.failures == {"tests.reward_fixtures:fixture_sleep/timeout": 2}
+    assert [r.score for r in rollouts.items] == [0.0, 0.0]

@@ -3,6 +3,7 @@ engine's `generate_stream`, and the collector's rating of each part (trainer/col
 
 from __future__ import annotations
 
+import threading
 import time
 import pytest
 
@@ -15,8 +16,9 @@ PROMPTS = [[3 + i, 9, 4 + 2 * i] for i in range(12)]
 
 
 def _vllm_parts(model_path):
-    """In a process of its own: an engine that runs four sequences at a time streams 12 greedy prompts in
-    parts of three; then the same prompts reversed, a stream closed after its first part, and a rerun."""
+    """In a process of its own: an engine that runs four sequences at a time streams 12 greedy prompts
+    (asked for in parts of at least three); then the same prompts reversed, two completions a prompt, a
+    stream closed after its first part, and a rerun."""
     from trainer.rollout.sampling import SamplingSpec
     from trainer.rollout.vllm_engine import VLLMEngine
 
@@ -37,13 +39,12 @@ def _vllm_parts(model_path):
     return parts, forward, backward, pairs, first, left, again
 
 
-def test_vllm_engine_hands_out_whole_prompts_in_the_order_they_finish(tiny_model_dir):
+def test_vllm_engine_hands_out_completions_in_the_order_they_finish(tiny_model_dir):
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         parts, forward, backward, pairs, first, left, again = pool.apply(_vllm_parts, (tiny_model_dir,))
 
-    # Four sequences at a time, first come first served: prompts finish in waves of four, three per part.
     # Four sequences at a time, first come first served: prompts finish in waves of four.
     assert [[index for index, _ in part] for part in parts] == [[100, 101, 102, 103], [104, 105, 106, 107],
                                                                [108, 109, 110, 111]]
@@ -62,42 +63,69 @@ def test_vllm_engine_hands_out_whole_prompts_in_the_order_they_finish(tiny_model
     assert [(c.prompt_index, c.token_ids) for c in again] == [(c.prompt_index, c.token_ids) for c in forward]
 
 
-def test_rewards_are_rated_part_by_part_while_vllm_decodes(tmp_path):
+def _collect_with_events(tmp_path, *overrides, kill_after_first_part=False):
+    """One step's collection on the tiny model through Ray and vLLM, recording each part the engines hand
+    out and each rating call. The stream waits (up to 5 s) until a part is rated before taking the next,
+    so the order of the two is the collector's, not the machine's load."""
+    import ray
+
     cfg = compose_config([
         f"trainer.output_dir={tmp_path}", "engine.ray=true", "rollout.engine=vllm", "sft.steps=0",
-        "data.num_train=32", "data.num_eval=4", "data.prompts_per_step=8", "rollout.n=2", "rollout.max_new_tokens=6",
-        "rollout.max_num_seqs=4", "actor.mini_batch_size=16", "actor.micro_batch_size=16",
+        "data.num_train=32", "data.num_eval=4", "data.prompts_per_step=8", "rollout.n=2",
+        "actor.mini_batch_size=16", "actor.micro_batch_size=16",
         "reward.num_workers=0", "tracking.wandb.mode=disabled", "tracking.console=false",
-        "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}",
+        "reward.tasks={default: [{name: 'tests.reward_fixtures:fixture_len', weight: 0.1}]}", *overrides,
     ])
     trainer = Trainer(cfg)
     try:
         trainer.start_workers(trainer.base_model_path)
         workers, scorer = trainer.workers, trainer.collector.scorer
-        events = []
+        events, rated = [], threading.Semaphore(0)
 
         def stream(*args, **kwargs):
             for part in type(workers).generate_stream(workers, *args, **kwargs):
                 events.append(("part", time.monotonic(), [(c.prompt_index, c.sample) for c in part]))
                 yield part
+                rated.acquire(timeout=5)
+                if kill_after_first_part and len(events) == 2:
+                    ray.kill(workers.rollout.workers[0])
 
         def rate(texts, owners):
             events.append(("rate", time.monotonic(), len(texts)))
+            rated.release()
             return type(scorer).rate(scorer, texts, owners)
 
         workers.generate_stream, scorer.rate = stream, rate
         rollouts, _ = trainer.collector.collect(0)
+        restarts = workers.restarts
     finally:
         trainer.close()
+    return events, rollouts, restarts
 
+
+def test_rewards_are_rated_while_vllm_decodes(tmp_path):
+    events, rollouts, _ = _collect_with_events(tmp_path, "rollout.max_new_tokens=6", "rollout.max_num_seqs=4")
     parts = [e for e in events if e[0] == "part"]
     rates = [e for e in events if e[0] == "rate"]
-    # Rating takes what has come (several parts at once when they came while it ran), each completion once.
-    assert len(parts) >= 2 and 2 <= len(rates) <= len(parts)
-    assert rates[0][2] == len(parts[0][2]) and sum(n for _, _, n in rates) == 16
+    assert len(parts) >= 2 and [n for _, _, n in rates] == [len(keys) for _, _, keys in parts]
     assert sorted(key for _, _, keys in parts for key in keys) == [(i, j) for i in range(8) for j in range(2)]
-    # The first part was being rated before the engine handed out the last one.
+    # The first part was rated before the engine handed out the last one.
     assert rates[0][1] < parts[-1][1]
     # Items come back grouped by prompt, and each score is the one its own text earns.
     assert [r.group for r in rollouts.items] == [g for g in range(8) for _ in range(2)]
+    assert len({len(r.text) for r in rollouts.items}) > 1  # texts differ: a misplaced score would show
+    assert [r.score for r in rollouts.items] == pytest.approx([0.1 * len(r.text) for r in rollouts.items])
+
+
+def test_an_engine_dying_mid_stream_loses_and_repeats_no_completion(tmp_path):
+    events, rollouts, restarts = _collect_with_events(
+        tmp_path, "rollout.max_new_tokens=24", "rollout.max_num_seqs=2", "trainer.max_worker_restarts=1",
+        kill_after_first_part=True)
+    parts = [keys for kind, _, keys in events if kind == "part"]
+    assert restarts == 1 and len(parts) >= 2
+    # What the first engine handed out is kept; its replacement adds only the rest, each completion once.
+    delivered = [key for keys in parts for key in keys]
+    assert sorted(delivered) == [(i, j) for i in range(8) for j in range(2)]
+    assert not set(parts[0]) & {key for keys in parts[1:] for key in keys}
+    assert [(r.group, r.completion.sample) for r in rollouts.items] == [(i, j) for i in range(8) for j in range(2)]
     assert [r.score for r in rollouts.items] == pytest.approx([0.1 * len(r.text) for r in rollouts.items])

@@ -4,6 +4,7 @@ the replacement of a rollout or reference worker that died (docs/reliability.md)
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator
 
@@ -153,8 +154,9 @@ class WorkerCluster:
     def generate_stream(self, prompts: list[list[int]], spec: SamplingSpec, first_index: int = 0,
                         media: list | None = None) -> Iterator[list[Completion]]:
         """`generate` in parts as the engines finish completions; each of a prompt's n completions comes
-        once. When an engine dies, the prompts not yet wholly handed out are generated again, with the same
-        seeds, on its replacement, and only their missing completions are kept."""
+        once. When an engine dies, the prompts not yet wholly handed out are generated again on its
+        replacement and only their missing completions are kept (the same tokens where the engine seeds
+        each request, vLLM on GPUs; new draws otherwise)."""
         if media is None:
             indexed = [(first_index + i, p) for i, p in enumerate(prompts)]
         else:
@@ -163,14 +165,15 @@ class WorkerCluster:
         missing = set(expected)
         while missing:
             try:
-                for part in self.rollout.stream("generate_stream", indexed, spec):
-                    keys = [(c.prompt_index, c.sample) for c in part]
-                    if len(set(keys)) != len(keys) or not set(keys) <= expected:
-                        raise RuntimeError("rollout returned completions that are not this call's")
-                    fresh = [c for c, key in zip(part, keys) if key in missing]
-                    missing.difference_update(keys)
-                    if fresh:
-                        yield fresh
+                with closing(self.rollout.stream("generate_stream", indexed, spec)) as stream:
+                    for part in stream:
+                        keys = [(c.prompt_index, c.sample) for c in part]
+                        if len(set(keys)) != len(keys) or not set(keys) <= expected:
+                            raise RuntimeError("rollout returned completions that are not this call's")
+                        fresh = [c for c, key in zip(part, keys) if key in missing]
+                        missing.difference_update(keys)
+                        if fresh:
+                            yield fresh
                 if missing:
                     raise RuntimeError(f"rollout returned {len(missing)} completions too few")
             except WorkerDiedError as error:
@@ -245,8 +248,8 @@ class WorkerCluster:
     # ----- recovery -----------------------------------------------------------------------------
     def _recovering(self, role: str, call):
         """`call()`, and again after replacing `role`'s workers each time one dies (up to
-        trainer.max_worker_restarts in the run). Each call is a whole unit (a generate with its seeds, a
-        weight push), so repeating it neither loses nor repeats work."""
+        trainer.max_worker_restarts in the run). Each call is a whole unit (a weight push), so repeating it
+        neither loses nor repeats work."""
         while True:
             try:
                 return call()

@@ -6,8 +6,10 @@ data filter."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from queue import SimpleQueue
 
 from data.schema import Sample
@@ -39,51 +41,56 @@ class RolloutCollector:
     def generate_rated(self, samples: list[Sample], spec: SamplingSpec, mode: str = "",
                        first_index: int = 0) -> tuple[Rollouts, RewardBatch]:
         """spec.n completions per sample, generated with the prompts' images and decoded, grouped by prompt,
-        with their rewards before group transforms. The engines hand completions out as they finish, and a
-        second thread rates them while the engines decode the rest, so only the last ones wait after
-        generation. `mode` forces a thinking-mode prefix (BPO); `first_index` keeps seeds
+        with their rewards before group transforms. The engines hand completions out as they finish: a
+        second thread receives them while this one rates them, so only the last ones wait after
+        generation. (Rewards stay on the calling thread: in-process rewards time out by SIGALRM, which
+        only the main thread gets.) `mode` forces a thinking-mode prefix (BPO); `first_index` keeps seeds
         distinct across calls."""
         clock = time.time()
         prefix = self.cfg.rollout.mode_prefixes[mode] if mode else ""
         prefix_ids = self.prompts.text_ids(prefix)
         prompt_ids = [self.prompts.ids(s) + prefix_ids for s in samples]
         media = self.prompts.media_of(samples)
-        items, parts = [], SimpleQueue()
-        with ThreadPoolExecutor(1, thread_name_prefix="rewards") as rater:
-            rating = rater.submit(self._rate_as_they_come, parts, samples)
+        parts, stop, ended_at = SimpleQueue(), threading.Event(), []
+
+        def receive() -> None:
             try:
-                for part in self.workers.generate_stream(prompt_ids, spec, first_index, media=media):
+                with closing(self.workers.generate_stream(prompt_ids, spec, first_index, media=media)) as stream:
+                    for part in stream:
+                        parts.put(part)
+                        if stop.is_set():  # rating failed: stop the engines too
+                            return
+            finally:
+                ended_at.append(time.time())
+                parts.put(None)
+
+        items, batches, ended = [], [], False
+        with ThreadPoolExecutor(1, thread_name_prefix="generate") as receiver:
+            receiving = receiver.submit(receive)
+            try:
+                while not ended:
+                    # Everything that came while the last call ran, so a judge reward's batch fills its concurrency.
+                    ready = [parts.get()]
+                    while not parts.empty():
+                        ready.append(parts.get())
+                    ended = ready[-1] is None
                     new = []
-                    for c in part:
+                    for c in (c for part in ready if part is not None for c in part):
                         group = c.prompt_index - first_index
                         text = self.prompts.response_text(samples[group], c, prefix)
                         new.append(Rollout(group=group, prompt_ids=prompt_ids[group], completion=c, text=text,
                                            mode=mode))
                     items += new
-                    parts.put(new)
+                    if new:
+                        batches.append(self.scorer.rate([r.text for r in new], [samples[r.group] for r in new]))
             finally:
-                parts.put(None)  # the end: the rater returns once it has rated everything before this
-            generated = time.time()
-            rated = rating.result()
+                stop.set()
+            receiving.result()  # a generation error
         order = sorted(range(len(items)), key=lambda i: (items[i].group, items[i].completion.sample))
         out = Rollouts(samples=samples, media=media, items=[items[i] for i in order])
-        out.seconds["generate"] = generated - clock
-        out.seconds["reward"] = time.time() - generated  # what rating added after the last part
-        return out, rated.permuted(order)
-
-    def _rate_as_they_come(self, parts: SimpleQueue, samples: list[Sample]) -> RewardBatch:
-        """Rate the rollouts put in `parts` until None, in order: each call takes every part that came while
-        the one before ran, so a judge reward's requests fill its concurrency."""
-        batches, ended = [], False
-        while not ended:
-            ready = [parts.get()]
-            while not parts.empty():
-                ready.append(parts.get())
-            ended = ready[-1] is None
-            new = [r for part in ready if part is not None for r in part]
-            if new:
-                batches.append(self.scorer.rate([r.text for r in new], [samples[r.group] for r in new]))
-        return RewardBatch.concat(batches)
+        out.seconds["generate"] = ended_at[0] - clock
+        out.seconds["reward"] = time.time() - ended_at[0]  # what rating added after the last part
+        return out, RewardBatch.concat(batches).permuted(order)
 
     def round(self, samples: list[Sample], seed: int) -> Rollouts:
         """n scored completions per prompt (per mode, for BPO; dialogues, for multi-turn), grouped by prompt."""

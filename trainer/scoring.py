@@ -22,8 +22,8 @@ class Scorer:
                                        group_transforms=cfg.group_transforms or None)
 
     def rate(self, texts: list[str], owners: list[Sample]) -> RewardBatch:
-        """Each text's reward mix for its sample's task, before group transforms (safe to run on another
-        thread while the engines generate: trainer/collect.py)."""
+        """Each text's reward mix for its sample's task, before group transforms (trainer/collect.py rates
+        completions part by part while the engines generate the rest)."""
         return self.composer.score(texts, owners)
 
     def score(self, rollouts: Rollouts, group_transforms: bool = True, rated: RewardBatch | None = None) -> Rollouts:

@@ -1,8 +1,8 @@
 """Run a worker class as N Ray actors, or as one in-process object, behind one calling convention.
 
 The controller calls `group.call("method", ...)` (same arguments to every worker)
-or `group.scatter("method", items, ...)` (items split across workers, results
-concatenated in order). A worker that dies raises `WorkerDiedError` naming the
+or `group.stream("method", items, ...)` (items split across workers, each part their
+generators yield as it comes). A worker that dies raises `WorkerDiedError` naming the
 role and index instead of a bare Ray traceback.
 """
 
@@ -142,22 +142,17 @@ class WorkerGroup:
         """Results of refs from `call_async` / `call_each_async`; a dead worker raises WorkerDiedError."""
         return self._get(refs, method) if self.use_ray else refs
 
-    def scatter(self, method: str, items: list, *args: Any, **kwargs: Any) -> list:
-        """Split `items` into contiguous shards, one per worker; concatenate the list results in order."""
-        if len(self.workers) == 1:
-            return self.call(method, items, *args, **kwargs)[0]
-        refs = [getattr(w, method).remote(s, *args, **kwargs) for w, s in self._shards(items)]
-        return [x for part in self._get(refs, method) for x in part]
-
     def stream(self, method: str, items: list, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        """Like `scatter` for a generator `method`: each part it yields, from whichever worker has one
-        first (in-process: in the order the worker yields them)."""
+        """Split `items` into contiguous shards, one per worker, and run the generator `method` on each: every
+        part any of them yields, as it comes (in-process: in the order the worker yields them)."""
         if not self.use_ray:
             yield from getattr(self.workers[0], method)(items, *args, **kwargs)
             return
         import ray
 
-        running = [getattr(w, method).remote(s, *args, **kwargs) for w, s in self._shards(items)]
+        size = -(-len(items) // len(self.workers))
+        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
+        running = [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards) if s]
         try:
             while running:
                 ready, _ = ray.wait(running, num_returns=1)
@@ -168,14 +163,12 @@ class WorkerGroup:
                         running.remove(parts)
                         continue
                     yield self._get([ref], method)[0]
-        except ray.exceptions.RayActorError as error:  # raised by next() when the worker died before a part
+        # next() raises these when the worker (or the node holding a part) died before the part was read.
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
             raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
-
-    def _shards(self, items: list) -> list[tuple[Any, list]]:
-        """(worker, its contiguous share of `items`) for each worker with a non-empty share."""
-        size = -(-len(items) // len(self.workers))
-        shards = [items[i * size : (i + 1) * size] for i in range(len(self.workers))]
-        return [(worker, shard) for worker, shard in zip(self.workers, shards) if shard]
+        finally:  # a caller that stops early: the workers stop at their next part (RolloutWorker.generate_stream)
+            for parts in running:
+                ray.cancel(parts)
 
     def shutdown(self, close_timeout_s: float = 30.0) -> None:
         """Let workers with a `close` method release what outlives them (files in /dev/shm), then stop them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Iterator
 
@@ -31,12 +32,19 @@ class RolloutWorker:
     def generate_stream(self, indexed_prompts: list[tuple], spec: SamplingSpec) -> Iterator[list[Completion]]:
         """`generate` in parts as completions finish, from engines that stream (vLLM); others hand back one
         part, each prompt's completions numbered in order (Completion.sample)."""
-        if hasattr(self.engine, "generate_stream"):
-            prompts, indices, media = self._unpack(indexed_prompts)
-            yield from self.engine.generate_stream(prompts, spec, indices, media)
-        else:
-            completions = self.generate(indexed_prompts, spec)
-            yield [replace(c, sample=j % spec.n) for j, c in enumerate(completions)]
+        if not hasattr(self.engine, "generate_stream"):
+            numbered = Counter()
+            completions = []
+            for c in self.generate(indexed_prompts, spec):
+                completions.append(replace(c, sample=numbered[c.prompt_index]))
+                numbered[c.prompt_index] += 1
+            yield completions
+            return
+        prompts, indices, media = self._unpack(indexed_prompts)
+        for part in self.engine.generate_stream(prompts, spec, indices, media):
+            yield part
+            if _cancelled():  # the controller stopped reading (WorkerGroup.stream): free the engine
+                return
 
     @staticmethod
     def _unpack(indexed_prompts: list[tuple]) -> tuple[list, list, list | None]:
@@ -78,3 +86,15 @@ class RolloutWorker:
     def close(self) -> None:
         if hasattr(self.engine, "close"):
             self.engine.close()
+
+
+def _cancelled() -> bool:
+    """Whether Ray cancelled the task this worker runs (never in-process, in the controller)."""
+    import ray
+
+    if not ray.is_initialized():  # (get_runtime_context would start Ray)
+        return False
+    try:
+        return ray.get_runtime_context().is_canceled()
+    except RuntimeError:  # the controller, with its engine in-process
+        return False

@@ -113,7 +113,10 @@ class WorkerGroup:
         try:
             return ray.get(refs)
         except ray.exceptions.RayActorError as error:
-            raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
+            raise self._died(method, error) from None
+
+    def _died(self, method: str, error: Exception) -> WorkerDiedError:
+        return WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list:
         """Call `method` on every worker with the same arguments; one result per worker."""
@@ -165,7 +168,7 @@ class WorkerGroup:
                     yield self._get([ref], method)[0]
         # next() raises these when the worker (or the node holding a part) died before the part was read.
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
-            raise WorkerDiedError(f"{self.role} worker died during {method!r}: {error}", self.role) from None
+            raise self._died(method, error) from None
         finally:  # a caller that stops early: the workers stop at their next part (RolloutWorker.generate_stream)
             for parts in running:
                 ray.cancel(parts)

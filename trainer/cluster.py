@@ -248,8 +248,8 @@ class WorkerCluster:
     # ----- recovery -----------------------------------------------------------------------------
     def _recovering(self, role: str, call):
         """`call()`, and again after replacing `role`'s workers each time one dies (up to
-        trainer.max_worker_restarts in the run). Each call is a whole unit (a weight push), so repeating it
-        neither loses nor repeats work."""
+        trainer.max_worker_restarts in the run). Each call is a whole unit (a weight push, a batch's reference
+        log-probs), so repeating it neither loses nor repeats work."""
         while True:
             try:
                 return call()
